@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create .venv with a Python >= 3.12 and install bufconv into it.
+#   scripts/setup.sh         bufconv and its runtime dependencies (enough for `bufconv demo`)
+#   scripts/setup.sh --dev   plus the test tools and LeRobot 0.6.1, the oracle the tests compare against
+# Python is looked for in $PYTHON, then python3.14 .. python3.12 on PATH, then pyenv, then uv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+if [[ "${1:-}" == "--dev" ]]; then extras="[dev]"; fi
+
+ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; }
+
+find_python() {
+  local candidate
+  if [[ -n "${PYTHON:-}" ]] && ok "$PYTHON"; then echo "$PYTHON"; return; fi
+  for candidate in python3.14 python3.13 python3.12 python3 python; do
+    if command -v "$candidate" >/dev/null && ok "$(command -v "$candidate")"; then command -v "$candidate"; return; fi
+  done
+  local root="${PYENV_ROOT:-$HOME/.pyenv}"
+  if command -v pyenv >/dev/null; then root="$(pyenv root)"; fi
+  for candidate in $(ls -d "$root"/versions/3.1[2-9]* "$root"/versions/3.[2-9][0-9]* 2>/dev/null | sort -V -r); do
+    if ok "$candidate/bin/python"; then echo "$candidate/bin/python"; return; fi
+  done
+  if command -v uv >/dev/null && uv python find '>=3.12' >/dev/null 2>&1; then uv python find '>=3.12'; return; fi
+  return 1
+}
+
+if [[ -x .venv/bin/python ]] && ok .venv/bin/python; then
+  python=.venv/bin/python
+else
+  base="$(find_python)" || { echo "setup: no Python >= 3.12 found (tried \$PYTHON, PATH, pyenv, uv); install one, e.g. 'pyenv install 3.12'" >&2; exit 1; }
+  echo "setup: creating .venv with $base ($("$base" --version))"
+  rm -rf .venv
+  "$base" -m venv .venv
+  python=.venv/bin/python
+fi
+
+"$python" -m pip install --quiet --upgrade pip
+"$python" -m pip install --quiet -e ".${extras}"
+echo "setup: ready: $("$python" --version), bufconv $("$python" -c 'import bufconv; print(bufconv.__version__)')${extras:+ with dev extras}"
