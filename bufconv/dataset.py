@@ -1,0 +1,588 @@
+"""LeRobot datasets on disk: layouts v3.0 (LeRobot >= 0.4) and v2.1 (LeRobot 0.3.x).
+
+`open_dataset` reads the metadata only (info.json and the episode table); `Selection` says which
+keys and episodes a build takes; `read_columns` and `read_images` read the parquet data of a
+selection. Video decoding lives in `video.py`. Paths always come from the templates in info.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import DatasetError, UnsupportedVersionError
+from .options import BuildOptions, format_episodes
+
+SUPPORTED_VERSIONS = ("v2.1", "v3.0")
+INFO_PATH = "meta/info.json"
+V21_EPISODES_PATH = "meta/episodes.jsonl"
+V21_TASKS_PATH = "meta/tasks.jsonl"
+V30_EPISODES_GLOB = "meta/episodes/*/*.parquet"
+V30_TASKS_PATH = "meta/tasks.parquet"
+
+#: Columns LeRobot adds to every frame; bookkeeping, never part of `state`.
+BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+REWARD_KEY = "next.reward"
+DONE_KEY = "next.done"
+ACTION_KEY = "action"
+COMPLEMENTARY_PREFIX = "complementary_info."
+
+_NOT_A_DATASET = "{root} is not a LeRobot dataset: {why}. Point DATASET at the folder that holds meta/info.json (or pass a repo id)."
+_UNSUPPORTED = "{path}: codebase_version {found!r} is not supported; bufconv reads {expected}. Convert it with LeRobot's converter (lerobot/scripts/convert_dataset_v21_to_v30.py) first."
+_UNKNOWN_KEY = "{root}: no feature {key!r} in meta/info.json; observation keys are: {available}"
+_UNKNOWN_EPISODE = "{root}: episode(s) {missing} not in the dataset, which has episodes {available}"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One entry of info.json's `features`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    names: Any = None
+    info: Mapping[str, Any] | None = None
+
+    @property
+    def is_visual(self) -> bool:
+        return self.dtype in ("video", "image")
+
+    def image_hwc(self) -> tuple[int, int, int]:
+        """(height, width, channels) of an image/video feature, whatever order info.json uses."""
+        shape = self.shape
+        names = list(self.names) if isinstance(self.names, (list, tuple)) else None
+        if len(shape) != 3:
+            raise DatasetError(f"feature {self.name!r} has shape {list(shape)}; an image needs 3 dimensions")
+        if names and set(names) >= {"height", "width", "channels"}:
+            return (shape[names.index("height")], shape[names.index("width")], shape[names.index("channels")])
+        if names and set(names) >= {"height", "width", "channel"}:
+            return (shape[names.index("height")], shape[names.index("width")], shape[names.index("channel")])
+        # Unnamed: LeRobot writes (H, W, C); a leading 1/3/4 with a larger tail is channels-first.
+        if shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):
+            return (shape[1], shape[2], shape[0])
+        return (shape[0], shape[1], shape[2])
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Where one episode's rows and frames live."""
+
+    index: int
+    length: int
+    data_path: str
+    """Data parquet, relative to the dataset root."""
+    videos: Mapping[str, tuple[str, float]]
+    """Per video key: (mp4 path relative to the root, timestamp of the episode's first frame in that file)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The keys and episodes one build takes from a dataset, resolved and validated."""
+
+    state_keys: tuple[str, ...]
+    """Observation features that make up `state` (images included), in info.json order."""
+    image_keys: tuple[str, ...]
+    """The visual subset of `state_keys` (video or image features)."""
+    complementary_keys: tuple[str, ...]
+    episodes: tuple[int, ...]
+    has_done: bool
+
+    @property
+    def numeric_keys(self) -> tuple[str, ...]:
+        return tuple(k for k in self.state_keys if k not in self.image_keys)
+
+
+class SourceDataset:
+    """A LeRobot dataset folder, metadata loaded, data untouched.
+
+    Use `open_dataset` to make one.
+    """
+
+    def __init__(
+        self, root: Path, info: dict[str, Any], episodes: dict[int, Episode], repo_id: str | None
+    ) -> None:
+        self.root = root
+        self.info = info
+        self.episodes = episodes
+        self.repo_id = repo_id
+        self.version: str = info["codebase_version"]
+        self.fps: float = info["fps"]
+        self.features: dict[str, Feature] = {
+            name: Feature(name, ft["dtype"], tuple(ft.get("shape") or ()), ft.get("names"), ft.get("info"))
+            for name, ft in info["features"].items()
+        }
+
+    def __repr__(self) -> str:
+        return f"SourceDataset({str(self.root)!r}, {self.version}, {len(self.episodes)} episodes)"
+
+    # ---- metadata -------------------------------------------------------------------------
+
+    @property
+    def video_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, f in self.features.items() if f.dtype == "video")
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, f in self.features.items() if f.dtype == "image")
+
+    def revision(self) -> str | None:
+        """The hub commit a downloaded dataset came from, if huggingface_hub recorded one."""
+        marker = self.root / ".cache" / "huggingface" / "download" / (INFO_PATH + ".metadata")
+        try:
+            first = marker.read_text().splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError):
+            return None
+        return first or None
+
+    def metadata_files(self) -> list[str]:
+        """Metadata that defines the dataset's meaning (paths relative to the root)."""
+        if self.version == "v3.0":
+            files = [INFO_PATH, *sorted(_rel(p, self.root) for p in self.root.glob(V30_EPISODES_GLOB))]
+            extra = [V30_TASKS_PATH]
+        else:
+            files = [INFO_PATH, V21_EPISODES_PATH]
+            extra = [V21_TASKS_PATH]
+        return files + [p for p in extra if (self.root / p).is_file()]
+
+    def select(self, options: BuildOptions) -> Selection:
+        """Resolve `options.keys`/`options.episodes` against this dataset.
+
+        Raises:
+            DatasetError: a key or episode does not exist, or a required column is missing.
+        """
+        observation_keys = [k for k in self.features if k.startswith("observation.")]
+        if options.keys is None:
+            keys = observation_keys
+        else:
+            reserved = {*BOOKKEEPING, ACTION_KEY, REWARD_KEY, DONE_KEY}
+            for key in options.keys:
+                if key not in self.features or key in reserved or key.startswith(COMPLEMENTARY_PREFIX):
+                    raise DatasetError(
+                        _UNKNOWN_KEY.format(
+                            root=self.root, key=key, available=", ".join(observation_keys) or "(none)"
+                        ),
+                        path=self.root / INFO_PATH,
+                    )
+            keys = [k for k in self.features if k in options.keys]  # info.json order
+        if not keys:
+            raise DatasetError(
+                f"{self.root}: no observation features to build a state from", path=self.root / INFO_PATH
+            )
+        for key in (ACTION_KEY, REWARD_KEY):
+            if key not in self.features:
+                raise DatasetError(
+                    f"{self.root}: the dataset has no {key!r} column, which an RL transition needs; "
+                    f"record it (HIL-SERL's gym_manipulator does) or add it to the parquet data",
+                    path=self.root / INFO_PATH,
+                )
+        for key in keys:
+            feature = self.features[key]
+            if feature.dtype == "video" and (feature.info or {}).get("is_depth_map"):
+                raise DatasetError(
+                    f"{self.root}: {key!r} is a depth-map video; bufconv stores RGB cameras only. Leave it out with --keys",
+                    path=self.root / INFO_PATH,
+                )
+            if feature.dtype in ("string",) or (
+                feature.dtype not in ("video", "image") and not _is_numeric(feature.dtype)
+            ):
+                raise DatasetError(
+                    f"{self.root}: {key!r} has dtype {feature.dtype!r}, which cannot go into a tensor; leave it out with --keys",
+                    path=self.root / INFO_PATH,
+                )
+        if options.episodes is None:
+            episodes = tuple(sorted(self.episodes))
+        else:
+            missing = [e for e in options.episodes if e not in self.episodes]
+            if missing:
+                raise DatasetError(
+                    _UNKNOWN_EPISODE.format(
+                        root=self.root,
+                        missing=format_episodes(missing),
+                        available=format_episodes(self.episodes) or "(none)",
+                    ),
+                    path=self.root,
+                )
+            episodes = tuple(options.episodes)
+        if not episodes:
+            raise DatasetError(f"{self.root}: the dataset has no episodes", path=self.root)
+        image_keys = tuple(k for k in keys if self.features[k].is_visual)
+        for e in episodes:
+            for key in image_keys:
+                if self.features[key].dtype == "video" and key not in self.episodes[e].videos:
+                    raise DatasetError(
+                        f"{self.root}: episode {e} has no video for {key!r} in its metadata", path=self.root
+                    )
+        return Selection(
+            state_keys=tuple(keys),
+            image_keys=image_keys,
+            complementary_keys=tuple(
+                k
+                for k in self.features
+                if k.startswith(COMPLEMENTARY_PREFIX) and _is_numeric(self.features[k].dtype)
+            ),
+            episodes=episodes,
+            has_done=DONE_KEY in self.features,
+        )
+
+    def content_files(self, selection: Selection) -> list[str]:
+        """Data and video files a selection reads (relative paths, sorted, no duplicates)."""
+        files = {self.episodes[e].data_path for e in selection.episodes}
+        for e in selection.episodes:
+            for key in selection.image_keys:
+                if key in self.episodes[e].videos:
+                    files.add(self.episodes[e].videos[key][0])
+        return sorted(files)
+
+    def check_files_exist(self, selection: Selection) -> None:
+        """Raise DatasetError naming the first file of the selection that is missing."""
+        for e in selection.episodes:
+            ep = self.episodes[e]
+            if not (self.root / ep.data_path).is_file():
+                raise DatasetError(
+                    f"{self.root / ep.data_path}: data file of episode {e} is missing; re-download the dataset",
+                    path=self.root / ep.data_path,
+                )
+            for key in selection.image_keys:
+                if key in ep.videos and not (self.root / ep.videos[key][0]).is_file():
+                    path = self.root / ep.videos[key][0]
+                    raise DatasetError(
+                        f"{path}: video of {key!r} for episode {e} is missing; re-download the dataset or drop the camera with --keys",
+                        path=path,
+                    )
+
+    # ---- data -----------------------------------------------------------------------------
+
+    def _episodes_by_data_file(self, episodes: Sequence[int]) -> Iterator[tuple[str, list[int]]]:
+        groups: dict[str, list[int]] = {}
+        for e in episodes:
+            groups.setdefault(self.episodes[e].data_path, []).append(e)
+        yield from groups.items()
+
+    def read_columns(self, episodes: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Numeric columns of the given episodes, concatenated in episode order.
+
+        Returns arrays of shape (frames, *row_shape): a scalar column gives (frames,), a list
+        column of length D gives (frames, D), as LeRobot's own reader returns them.
+
+        Raises:
+            DatasetError: a file is unreadable, a column is missing or has nulls, or an
+                episode's row count disagrees with its metadata.
+        """
+        wanted = list(dict.fromkeys([*columns, "episode_index"]))
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+        order: list[tuple[int, dict[str, np.ndarray]]] = []
+        for rel, eps in self._episodes_by_data_file(episodes):
+            table = self._read_table(rel, wanted)
+            rows_of = _rows_by_episode(table, eps, self.root / rel, self.episodes)
+            arrays = {c: _column_to_numpy(table.column(c), self.root / rel, c) for c in columns}
+            for e in eps:
+                order.append((e, {c: arrays[c][rows_of[e]] for c in columns}))
+        order.sort(key=lambda item: episodes.index(item[0]))
+        for _, cols in order:
+            for c in columns:
+                parts[c].append(cols[c])
+        return {c: np.concatenate(parts[c]) if parts[c] else np.empty((0,)) for c in columns}
+
+    def iter_image_bytes(self, episodes: Sequence[int], key: str) -> Iterator[tuple[int, list[bytes]]]:
+        """For an `image` feature: (episode, encoded PNG/JPEG bytes of each frame), episode by episode."""
+        for rel, eps in self._episodes_by_data_file(episodes):
+            table = self._read_table(rel, [key, "episode_index"])
+            rows_of = _rows_by_episode(table, eps, self.root / rel, self.episodes)
+            column = table.column(key).combine_chunks()
+            for e in eps:
+                out = []
+                for row in rows_of[e]:
+                    out.append(self._image_payload(column[int(row)].as_py(), rel, key, e))
+                yield e, out
+
+    def _image_payload(self, value: Any, rel: str, key: str, episode: int) -> bytes:
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return bytes(value["bytes"])
+            if value.get("path"):
+                path = Path(value["path"])
+                path = path if path.is_absolute() else self.root / path
+                try:
+                    return path.read_bytes()
+                except OSError as e:
+                    raise DatasetError(
+                        f"{path}: image of {key!r} (episode {episode}) is unreadable: {e.strerror}", path=path
+                    ) from e
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        raise DatasetError(
+            f"{self.root / rel}: column {key!r} of episode {episode} holds no image bytes; re-download the dataset",
+            path=self.root / rel,
+        )
+
+    def _read_table(self, rel: str, columns: Sequence[str]) -> pa.Table:
+        path = self.root / rel
+        try:
+            schema = pq.read_schema(path)
+            missing = [c for c in columns if c not in schema.names]
+            if missing:
+                raise DatasetError(
+                    f"{path}: missing column(s) {', '.join(missing)} that meta/info.json declares; the dataset is inconsistent",
+                    path=path,
+                )
+            return pq.read_table(path, columns=list(columns))
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(
+                f"{path}: cannot read parquet data ({e}); re-download the dataset", path=path
+            ) from e
+
+
+# ---- opening -------------------------------------------------------------------------------
+
+
+def lerobot_home() -> Path:
+    """Where LeRobot keeps datasets by repo id: $HF_LEROBOT_HOME, else $HF_HOME/lerobot."""
+    if "HF_LEROBOT_HOME" in os.environ:
+        return Path(os.environ["HF_LEROBOT_HOME"]).expanduser()
+    hf_home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
+    )
+    return Path(hf_home).expanduser() / "lerobot"
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    if text.startswith((".", "/", "~")) or (os.sep == "\\" and "\\" in text):
+        return False
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts)
+
+
+def resolve_root(dataset: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """Turn the DATASET argument into (local folder, repo id or None), downloading if needed.
+
+    Raises:
+        DatasetError: the folder does not exist and the repo id cannot be fetched.
+    """
+    text = os.fspath(dataset)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path.resolve(), None
+    if not _looks_like_repo_id(text):
+        raise DatasetError(
+            f"{path}: no such folder; pass a LeRobot dataset folder or a repo id like 'user/name'", path=path
+        )
+    local = lerobot_home() / text
+    if local.is_dir():
+        return local.resolve(), text
+    _download(text, local)
+    return local.resolve(), text
+
+
+def _download(repo_id: str, local: Path) -> None:
+    fix = f"download it (huggingface-cli download --repo-type dataset {repo_id} --local-dir {local}) or pass a local folder"
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise DatasetError(
+            f"{repo_id}: not on disk at {local}, and huggingface_hub is not installed to fetch it; {fix}",
+            path=local,
+        ) from None
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise DatasetError(f"{repo_id}: not on disk at {local}, and HF_HUB_OFFLINE is set; {fix}", path=local)
+    try:
+        snapshot_download(repo_id, repo_type="dataset", local_dir=local)
+    except Exception as e:  # the hub client raises many types; all mean "could not fetch"
+        raise DatasetError(
+            f"{repo_id}: not on disk at {local}, and the Hugging Face hub could not be reached ({type(e).__name__}); {fix}",
+            path=local,
+        ) from e
+
+
+def open_dataset(dataset: str | os.PathLike[str]) -> SourceDataset:
+    """Open a LeRobot dataset (v3.0 or v2.1) by folder or repo id, reading only its metadata.
+
+    Raises:
+        DatasetError: the folder is not a LeRobot dataset or its metadata is inconsistent.
+        UnsupportedVersionError: the codebase version is neither v3.0 nor v2.1.
+    """
+    root, repo_id = resolve_root(dataset)
+    info_path = root / INFO_PATH
+    if not info_path.is_file():
+        raise DatasetError(_NOT_A_DATASET.format(root=root, why="there is no meta/info.json"), path=root)
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(
+            f"{info_path}: unreadable JSON ({e}); re-download the dataset", path=info_path
+        ) from e
+    if not isinstance(info, dict) or "features" not in info or "fps" not in info:
+        raise DatasetError(
+            _NOT_A_DATASET.format(root=root, why="meta/info.json lacks 'features' or 'fps'"), path=info_path
+        )
+    version = str(info.get("codebase_version", "unknown"))
+    if version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersionError(
+            _UNSUPPORTED.format(path=info_path, found=version, expected=" and ".join(SUPPORTED_VERSIONS)),
+            path=info_path,
+            found=version,
+            expected=SUPPORTED_VERSIONS,
+        )
+    video_keys = [k for k, f in info["features"].items() if f.get("dtype") == "video"]
+    if video_keys and not info.get("video_path"):
+        raise DatasetError(f"{info_path}: video features but no 'video_path' template", path=info_path)
+    if not info.get("data_path"):
+        raise DatasetError(f"{info_path}: no 'data_path' template", path=info_path)
+    episodes = (
+        _episodes_v30(root, info, video_keys) if version == "v3.0" else _episodes_v21(root, info, video_keys)
+    )
+    return SourceDataset(root, info, episodes, repo_id)
+
+
+def _episodes_v30(root: Path, info: dict[str, Any], video_keys: Sequence[str]) -> dict[int, Episode]:
+    files = sorted(root.glob(V30_EPISODES_GLOB))
+    if not files:
+        raise DatasetError(
+            _NOT_A_DATASET.format(root=root, why="meta/episodes/ holds no parquet files"),
+            path=root / "meta/episodes",
+        )
+    columns = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+    for key in video_keys:
+        columns += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
+    rows: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            names = pq.read_schema(path).names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise DatasetError(
+                    f"{path}: episode table lacks {', '.join(missing)}; the dataset is inconsistent",
+                    path=path,
+                )
+            rows += pq.read_table(path, columns=columns).to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(
+                f"{path}: cannot read the episode table ({e}); re-download the dataset", path=path
+            ) from e
+    episodes: dict[int, Episode] = {}
+    for row in rows:
+        data_path = _format(
+            info["data_path"], root, chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+        )
+        videos = {
+            key: (
+                _format(
+                    info["video_path"],
+                    root,
+                    video_key=key,
+                    chunk_index=row[f"videos/{key}/chunk_index"],
+                    file_index=row[f"videos/{key}/file_index"],
+                ),
+                float(row[f"videos/{key}/from_timestamp"]),
+            )
+            for key in video_keys
+            if row[f"videos/{key}/chunk_index"] is not None
+        }
+        episodes[int(row["episode_index"])] = Episode(
+            int(row["episode_index"]), int(row["length"]), data_path, videos
+        )
+    return episodes
+
+
+def _episodes_v21(root: Path, info: dict[str, Any], video_keys: Sequence[str]) -> dict[int, Episode]:
+    path = root / V21_EPISODES_PATH
+    if not path.is_file():
+        raise DatasetError(
+            _NOT_A_DATASET.format(root=root, why=f"there is no {V21_EPISODES_PATH}"), path=root
+        )
+    chunks_size = int(info.get("chunks_size", 1000))
+    episodes: dict[int, Episode] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable ({e}); re-download the dataset", path=path) from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            index, length = int(row["episode_index"]), int(row["length"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise DatasetError(
+                f"{path}:{number}: not an episode record ({e}); re-download the dataset", path=path
+            ) from e
+        fields = {"episode_chunk": index // chunks_size, "episode_index": index}
+        videos = {
+            key: (_format(info["video_path"], root, video_key=key, **fields), 0.0) for key in video_keys
+        }
+        episodes[index] = Episode(index, length, _format(info["data_path"], root, **fields), videos)
+    return episodes
+
+
+def _format(template: str, root: Path, **fields: Any) -> str:
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise DatasetError(
+            f"{root / INFO_PATH}: path template {template!r} uses an unknown field ({e})",
+            path=root / INFO_PATH,
+        ) from e
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _is_numeric(dtype: str) -> bool:
+    return dtype == "bool" or dtype.startswith(("float", "int", "uint"))
+
+
+def _rows_by_episode(
+    table: pa.Table, episodes: Iterable[int], path: Path, meta: Mapping[int, Episode]
+) -> dict[int, np.ndarray]:
+    column = table.column("episode_index").combine_chunks().to_numpy(zero_copy_only=False)
+    out = {}
+    for e in episodes:
+        rows = np.flatnonzero(column == e)
+        if len(rows) != meta[e].length:
+            raise DatasetError(
+                f"{path}: episode {e} has {len(rows)} rows but its metadata says {meta[e].length}; the dataset is inconsistent",
+                path=path,
+            )
+        out[e] = rows
+    return out
+
+
+def _column_to_numpy(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    array = column.combine_chunks()
+    if array.null_count:
+        raise DatasetError(
+            f"{path}: column {name!r} has {array.null_count} missing values; fill or drop them", path=path
+        )
+    shape: list[int] = []
+    while (
+        pa.types.is_list(array.type)
+        or pa.types.is_large_list(array.type)
+        or pa.types.is_fixed_size_list(array.type)
+    ):
+        if len(array) == 0:
+            break
+        if pa.types.is_fixed_size_list(array.type):
+            width = array.type.list_size
+        else:
+            lengths = array.value_lengths().to_numpy(zero_copy_only=False)
+            width = int(lengths[0])
+            if not (lengths == width).all():
+                raise DatasetError(f"{path}: column {name!r} has rows of different lengths", path=path)
+        shape.append(width)
+        array = array.flatten()
+        if array.null_count:
+            raise DatasetError(f"{path}: column {name!r} has missing values inside its rows", path=path)
+    values = array.to_numpy(zero_copy_only=False)
+    rows = len(column)
+    return values.reshape(rows, *shape)

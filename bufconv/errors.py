@@ -1,0 +1,117 @@
+"""The exception hierarchy: everything bufconv raises on purpose derives from `BufconvError`.
+
+Each error carries named context (`path`, `expected`, `found`, ...) so callers and the CLI can
+report it without parsing the message, and each message says what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BufconvError(Exception):
+    """Raised when bufconv cannot do what was asked; the message says why and what to do."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only context does not survive the default exception pickling; worker
+        # processes send these errors back to the parent, so keep every attribute.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[BufconvError], message: str, state: dict[str, object]) -> BufconvError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+# Problem codes: the public vocabulary of `bufconv verify` (SPEC section 6).
+UNREADABLE = "unreadable"
+NOT_A_CACHE = "not-a-cache"
+UNSUPPORTED_VERSION = "unsupported-version"
+CHECKSUM_MISMATCH = "checksum-mismatch"
+INCONSISTENT = "inconsistent"
+RANGE_MISMATCH = "range-mismatch"
+DOUBLE_NORMALIZED = "double-normalized"
+STALE = "stale"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about a cache file, with a stable code (`bufconv verify --json` reports these)."""
+
+    code: str
+    message: str
+
+
+class DatasetError(BufconvError):
+    """Raised when a folder is not a readable LeRobot dataset, or a requested key/episode is absent."""
+
+
+class UnsupportedVersionError(DatasetError):
+    """Raised when a dataset's `codebase_version` is not one bufconv reads."""
+
+    def __init__(self, message: str, *, path: str | Path | None, found: str, expected: Sequence[str]) -> None:
+        super().__init__(message, path=path)
+        self.found = found
+        self.expected = tuple(expected)
+
+
+class DecodeError(BufconvError):
+    """Raised when a video or image cannot be decoded, or its frames do not match the parquet timestamps."""
+
+
+class CacheError(BufconvError):
+    """Raised when a cache file cannot be written, read or trusted."""
+
+
+class InvalidCacheError(CacheError):
+    """Raised when a file is not a trustworthy bufconv cache (unreadable, foreign, damaged, other version)."""
+
+    def __init__(self, message: str, *, path: str | Path | None, problems: Sequence[Problem]) -> None:
+        super().__init__(message, path=path)
+        self.problems = list(problems)
+
+
+class StaleCacheError(CacheError):
+    """Raised when a cache does not match the requested dataset/options and rebuilding was not allowed."""
+
+    def __init__(self, message: str, *, path: str | Path | None, reasons: Sequence[str]) -> None:
+        super().__init__(message, path=path)
+        self.reasons = list(reasons)
+
+
+class LockTimeoutError(CacheError):
+    """Raised when another process held the cache lock for longer than we were willing to wait."""
+
+
+class RangeMismatchError(BufconvError, ValueError):
+    """Raised when image values do not lie in the range a buffer or encoder declared."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        expected: int,
+        found_min: float,
+        found_max: float,
+        problem: str,
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.expected = expected
+        self.found_min = found_min
+        self.found_max = found_max
+        #: "range-mismatch" or "double-normalized": the same codes `bufconv verify` reports.
+        self.problem = problem
