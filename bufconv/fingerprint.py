@@ -1,0 +1,145 @@
+"""The fingerprint: a hash over everything that gives a cache its meaning, with its inputs kept.
+
+Inputs (recorded in the cache header next to the hash, so a mismatch can say what changed):
+the format version; the options (output range per image key, state keys, episodes,
+`tolerance_s`); and the source dataset's identity: its codebase version and, for each metadata,
+data and video file the build read, the size and xxh3-128 digest of its content.
+
+Hashing gigabytes of video on every learner start would defeat the cache, so each file's size
+and mtime are recorded too: a file whose size and mtime are unchanged reuses its recorded digest,
+and only a file whose stat changed is read again (xxh3 reads at several GB/s). Touching a file
+without changing its bytes therefore costs one re-read and keeps the cache fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from .dataset import Selection, SourceDataset
+from .options import BuildOptions, format_episodes
+
+_CHUNK = 8 << 20
+
+
+def file_digest(path: Path) -> str:
+    """xxh3-128 of a file's content, as 'xxh3_128:<hex>'."""
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        while n := f.readinto(buffer):
+            hasher.update(view[:n])
+    return f"xxh3_128:{hasher.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A fingerprint hash, the inputs it was computed from, and the stat cache for the next check."""
+
+    value: str
+    inputs: dict[str, Any]
+    stats: dict[str, list[int]]
+    """Per source file: [size, mtime_ns] when its digest was taken."""
+
+
+def option_inputs(options: BuildOptions, selection: Selection) -> dict[str, Any]:
+    """The options part of the fingerprint inputs (resolved against the dataset)."""
+    return {
+        "ranges": {key: options.image_range for key in selection.image_keys},
+        "state_keys": sorted(selection.state_keys),
+        "episodes": format_episodes(selection.episodes),
+        "tolerance_s": options.tolerance_s,
+    }
+
+
+def compute(
+    source: SourceDataset,
+    selection: Selection,
+    options: BuildOptions,
+    format_version: int,
+    previous: Mapping[str, Any] | None = None,
+) -> Fingerprint:
+    """Fingerprint a build request.
+
+    Args:
+        previous: The header of an existing cache; its recorded digests are reused for files
+            whose size and mtime did not change.
+    """
+    old_files: Mapping[str, Any] = {}
+    old_stats: Mapping[str, Any] = {}
+    if previous:
+        old_files = previous.get("fingerprint_inputs", {}).get("source", {}).get("files", {}) or {}
+        old_stats = previous.get("source_stats", {}) or {}
+    files: dict[str, dict[str, Any]] = {}
+    stats: dict[str, list[int]] = {}
+    for rel in [*source.metadata_files(), *source.content_files(selection)]:
+        path = source.root / rel
+        st = os.stat(path)
+        stat = [st.st_size, st.st_mtime_ns]
+        old = old_files.get(rel)
+        if old is not None and list(old_stats.get(rel, [])) == stat and old.get("size") == st.st_size:
+            digest = old["digest"]
+        else:
+            digest = file_digest(path)
+        files[rel] = {"size": st.st_size, "digest": digest}
+        stats[rel] = stat
+    inputs = {
+        "format_version": format_version,
+        "options": option_inputs(options, selection),
+        "source": {"codebase_version": source.version, "files": files},
+    }
+    return Fingerprint(_hash(inputs), inputs, stats)
+
+
+def _hash(inputs: Mapping[str, Any]) -> str:
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def explain(cached: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Why a cache built from `cached` inputs does not serve a request with `requested` inputs.
+
+    Returns one readable line per difference, e.g. "range of observation.images.front: cache 1,
+    requested 255" or "videos/front/chunk-000/file-000.mp4 changed". Empty if they agree.
+    """
+    reasons: list[str] = []
+    if cached.get("format_version") != requested.get("format_version"):
+        reasons.append(
+            f"format version: cache {cached.get('format_version')}, expected {requested.get('format_version')}"
+        )
+    old_opts, new_opts = cached.get("options", {}), requested.get("options", {})
+    old_ranges, new_ranges = old_opts.get("ranges", {}), new_opts.get("ranges", {})
+    for key in sorted(set(old_ranges) | set(new_ranges)):
+        if key in old_ranges and key in new_ranges and old_ranges[key] != new_ranges[key]:
+            reasons.append(f"range of {key}: cache {old_ranges[key]}, requested {new_ranges[key]}")
+    if old_opts.get("state_keys") != new_opts.get("state_keys"):
+        reasons.append(
+            f"keys: cache {','.join(old_opts.get('state_keys', []))}, requested {','.join(new_opts.get('state_keys', []))}"
+        )
+    for field in ("episodes", "tolerance_s"):
+        if old_opts.get(field) != new_opts.get(field):
+            reasons.append(f"{field}: cache {old_opts.get(field)}, requested {new_opts.get(field)}")
+    old_src, new_src = cached.get("source", {}), requested.get("source", {})
+    if old_src.get("codebase_version") != new_src.get("codebase_version"):
+        reasons.append(
+            f"dataset codebase version: cache {old_src.get('codebase_version')}, now {new_src.get('codebase_version')}"
+        )
+    old_files, new_files = old_src.get("files", {}), new_src.get("files", {})
+    for rel in sorted(set(old_files) | set(new_files)):
+        if rel not in new_files:
+            reasons.append(f"{rel} is no longer part of the dataset")
+        elif rel not in old_files:
+            reasons.append(f"{rel} is new in the dataset")
+        elif old_files[rel] != new_files[rel]:
+            reasons.append(f"{rel} changed")
+    if not reasons and _hash(cached) != _hash(requested):
+        reasons.append("the build inputs differ")  # a field added by a newer bufconv
+    return reasons
