@@ -1,0 +1,107 @@
+"""bufconv: LeRobot datasets -> versioned, range-checked uint8 offline replay buffers.
+
+    import bufconv
+    buf = bufconv.load_or_build("user/pick_cube", "offline_buffer.pt", image_range=255)
+    batch = buf.sample(256)
+
+Public names are imported on first use, so `import bufconv` (and the CLI, and decoding worker
+processes) start without paying for torch until it is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "build": "bufconv.pipeline",
+    "BuildResult": "bufconv.pipeline",
+    "BuildOptions": "bufconv.options",
+    "load_or_build": "bufconv.loader",
+    "open_buffer": "bufconv.loader",
+    "OfflineBuffer": "bufconv.buffer",
+    "BatchTransition": "bufconv.buffer",
+    "verify": "bufconv.verification",
+    "verify_or_raise": "bufconv.verification",
+    "VerifyReport": "bufconv.verification",
+    "to_range": "bufconv.ranges",
+    "check_range": "bufconv.ranges",
+    "range_problem": "bufconv.ranges",
+    "guard_encoder": "bufconv.ranges",
+    "preprocess_observation": "bufconv.ranges",
+    "open_dataset": "bufconv.dataset",
+    "BufconvError": "bufconv.errors",
+    "DatasetError": "bufconv.errors",
+    "UnsupportedVersionError": "bufconv.errors",
+    "DecodeError": "bufconv.errors",
+    "CacheError": "bufconv.errors",
+    "InvalidCacheError": "bufconv.errors",
+    "StaleCacheError": "bufconv.errors",
+    "LockTimeoutError": "bufconv.errors",
+    "RangeMismatchError": "bufconv.errors",
+}
+
+__all__ = [  # literal, for type checkers and linters; tests check it matches _EXPORTS
+    "BatchTransition",
+    "BufconvError",
+    "BuildOptions",
+    "BuildResult",
+    "CacheError",
+    "DatasetError",
+    "DecodeError",
+    "InvalidCacheError",
+    "LockTimeoutError",
+    "OfflineBuffer",
+    "RangeMismatchError",
+    "StaleCacheError",
+    "UnsupportedVersionError",
+    "VerifyReport",
+    "__version__",
+    "build",
+    "check_range",
+    "guard_encoder",
+    "load_or_build",
+    "open_buffer",
+    "open_dataset",
+    "preprocess_observation",
+    "range_problem",
+    "to_range",
+    "verify",
+    "verify_or_raise",
+]
+
+if TYPE_CHECKING:
+    from .buffer import BatchTransition, OfflineBuffer
+    from .dataset import open_dataset
+    from .errors import (
+        BufconvError,
+        CacheError,
+        DatasetError,
+        DecodeError,
+        InvalidCacheError,
+        LockTimeoutError,
+        RangeMismatchError,
+        StaleCacheError,
+        UnsupportedVersionError,
+    )
+    from .loader import load_or_build, open_buffer
+    from .options import BuildOptions
+    from .pipeline import BuildResult, build
+    from .ranges import check_range, guard_encoder, preprocess_observation, range_problem, to_range
+    from .verification import VerifyReport, verify, verify_or_raise
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bufconv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

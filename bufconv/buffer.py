@@ -1,0 +1,417 @@
+"""The offline buffer a learner samples from: LeRobot's `ReplayBuffer` interface over a cache.
+
+Frames stay uint8 in the memory-mapped cache (nothing is read until sampled). A batch gathers
+uint8 rows on the storage device, moves them to the target device, applies the DrQ shift
+there (on uint8: replicate padding and cropping commute with the conversion) and converts
+to the declared range last. Transitions are rows of the cache: `next_state` is the row
+`next_index[i]` (the next frame of the same episode, or the frame itself at the end).
+
+Live transitions (the LeRobot learner adds human interventions to its offline buffer) go into
+a bounded ring next to the read-only dataset part, range-checked and stored as uint8.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import CacheFile
+from .errors import BufconvError
+from .ranges import check_range, from_uint8, to_uint8
+
+try:  # Python >= 3.11
+    from typing import NotRequired, TypedDict
+except ImportError:  # pragma: no cover - Python 3.10
+    from typing_extensions import NotRequired, TypedDict
+
+DRQ_PAD = 4  # LeRobot's default random-shift padding
+DEFAULT_CAPACITY = 100_000  # LeRobot's default offline_buffer_capacity
+_COMPLEMENTARY = "complementary_info."
+
+
+class BatchTransition(TypedDict):
+    """A batch in the layout LeRobot's learner consumes (`lerobot.rl.buffer.BatchTransition`)."""
+
+    state: dict[str, torch.Tensor]
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_state: dict[str, torch.Tensor]
+    done: torch.Tensor
+    truncated: torch.Tensor
+    complementary_info: NotRequired[dict[str, torch.Tensor] | None]
+
+
+def random_shift(images: torch.Tensor, shifts: torch.Tensor, pad: int = DRQ_PAD) -> torch.Tensor:
+    """DrQ's random shift: pad by replicating the border, crop back at per-image offsets.
+
+    Equal to LeRobot's `random_shift` (pad `pad`, replicate, random crop) for the same
+    offsets, computed as a clamped gather so it works on uint8 and never materialises the pad.
+
+    Args:
+        images: (B, C, H, W), any dtype.
+        shifts: int64 (B, 2): per image (dy, dx) in [0, 2 * pad].
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    rows = (torch.arange(h, device=device)[None, :] + shifts[:, :1] - pad).clamp_(0, h - 1)
+    cols = (torch.arange(w, device=device)[None, :] + shifts[:, 1:] - pad).clamp_(0, w - 1)
+    out = images.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+class _Ring:
+    """Live transitions, bounded: the oldest is overwritten once `capacity` is reached."""
+
+    def __init__(self, capacity: int, device: torch.device) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.size = 0
+        self.position = 0
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def allocate(self, name: str, row: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if name not in self.tensors:
+            self.tensors[name] = torch.empty((self.capacity, *row.shape), dtype=dtype, device=self.device)
+        return self.tensors[name]
+
+
+class OfflineBuffer:
+    """Transitions of a cache, sampled like LeRobot's `ReplayBuffer` (a drop-in for the learner's offline buffer).
+
+    Use `bufconv.load_or_build` (or `bufconv.open_buffer`) to get one.
+
+    Attributes:
+        status: "hit" (fresh cache used), "built" or "rebuilt".
+        stale_reasons: Why the cache was rebuilt (empty otherwise).
+        image_range: 1 or 255: the range image batches come out in.
+        state_keys: Keys of `state`/`next_state`.
+        image_keys: The image subset of `state_keys`.
+    """
+
+    def __init__(
+        self,
+        cache: CacheFile,
+        *,
+        device: str | torch.device = "cpu",
+        storage_device: str | torch.device = "cpu",
+        use_drq: bool = True,
+        capacity: int = DEFAULT_CAPACITY,
+        image_augmentation_function: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        status: str = "hit",
+        stale_reasons: Sequence[str] = (),
+    ) -> None:
+        meta = cache.meta
+        self.path: Path = cache.path
+        self.meta = meta
+        self.status = status
+        self.stale_reasons = list(stale_reasons)
+        self.device = torch.device(device)
+        self.storage_device = torch.device(storage_device)
+        self.use_drq = use_drq
+        self.image_augmentation_function = image_augmentation_function
+        self.generator = generator if generator is not None else _random_generator()
+        self.state_keys: list[str] = list(meta["keys"]["state"])
+        self.image_keys: list[str] = list(meta["keys"]["images"])
+        ranges = {k: v["output"] for k, v in meta["ranges"].items()}
+        if len(set(ranges.values())) > 1:
+            raise BufconvError(
+                f"{self.path}: image keys declare different ranges {ranges}; bufconv builds one range per cache"
+            )
+        self.image_range: int = next(iter(ranges.values()), 1)
+        self.ranges = ranges
+        self._complementary = {
+            k[len(_COMPLEMENTARY) :]: k for k in meta["keys"].get("complementary_info", [])
+        }
+        tensors = cache.tensors
+        self._frames = {k: self._stored(tensors[k]) for k in self.state_keys}
+        self._action = self._stored(tensors["action"])
+        self._reward = self._stored(tensors["reward"])
+        self._done = self._stored(tensors["done"])
+        self._truncated = self._stored(tensors["truncated"])
+        self._next_index = self._stored(tensors["next_index"])
+        self._extra = {short: self._stored(tensors[name]) for short, name in self._complementary.items()}
+        self._frames_n = int(meta["frames"])
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1; got {capacity}")
+        self._ring = _Ring(capacity, self.storage_device)
+        self._lock = threading.Lock()
+
+    def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.storage_device.type == "cpu" else tensor.to(self.storage_device)
+
+    def __repr__(self) -> str:
+        return (
+            f"OfflineBuffer({str(self.path)!r}, transitions={len(self)}, image_range={self.image_range}, "
+            f"status={self.status!r}, device={str(self.device)!r})"
+        )
+
+    # ---- size ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._frames_n + self._ring.size
+
+    @property
+    def dataset_transitions(self) -> int:
+        """Transitions that come from the dataset (read-only)."""
+        return self._frames_n
+
+    @property
+    def capacity(self) -> int:
+        """How many live transitions `add` keeps before overwriting the oldest."""
+        return self._ring.capacity
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def __getitem__(self, idx: int | slice | Sequence[int] | torch.Tensor) -> BatchTransition:
+        """Transitions at `idx` (dataset rows first, then added ones), without augmentation."""
+        n = len(self)
+        if isinstance(idx, slice):
+            index = torch.arange(n)[idx]
+        else:
+            index = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
+            index = torch.where(index < 0, index + n, index)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise IndexError(f"index out of range for a buffer of {n} transitions")
+        return self._batch(index, augment=False, image_dtype=torch.float32)
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        image_dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> BatchTransition:
+        """A random batch (uniform over all transitions), DrQ-shifted if `use_drq`.
+
+        Args:
+            batch_size: Transitions in the batch (at most `len(self)`, as in LeRobot).
+            image_dtype: float32/float16/bfloat16 for images in the declared range, or
+                torch.uint8 for raw [0,255] pixels (4x fewer bytes to the device; convert there).
+            generator: Overrides the buffer's generator for this call.
+        """
+        n = len(self)
+        batch_size = min(batch_size, n)
+        index = torch.randint(0, n, (batch_size,), generator=generator or self.generator)
+        return self._batch(index, augment=self.use_drq, image_dtype=image_dtype, generator=generator)
+
+    def get_iterator(
+        self,
+        batch_size: int,
+        async_prefetch: bool = True,
+        queue_size: int = 2,
+        *,
+        image_dtype: torch.dtype = torch.float32,
+    ) -> Iterator[BatchTransition]:
+        """An endless iterator of batches; with `async_prefetch`, a thread samples ahead of the learner."""
+        if not async_prefetch:
+            while True:
+                yield self.sample(batch_size, image_dtype=image_dtype)
+        batches: queue.Queue[BatchTransition | BaseException] = queue.Queue(maxsize=queue_size)
+        stop = threading.Event()
+
+        def produce() -> None:
+            while not stop.is_set():
+                try:
+                    item: BatchTransition | BaseException = self.sample(batch_size, image_dtype=image_dtype)
+                except BaseException as e:  # hand the error to the consumer instead of dying silently
+                    item = e
+                while not stop.is_set():
+                    try:
+                        batches.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(item, BaseException):
+                    return
+
+        thread = threading.Thread(target=produce, name="bufconv-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = batches.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _batch(
+        self,
+        index: torch.Tensor,
+        *,
+        augment: bool,
+        image_dtype: torch.dtype,
+        generator: torch.Generator | None = None,
+    ) -> BatchTransition:
+        with self._lock:  # a consistent view of the ring while `add` may run in another thread
+            return self._assemble(index, augment, image_dtype, generator or self.generator)
+
+    def _assemble(
+        self, index: torch.Tensor, augment: bool, image_dtype: torch.dtype, generator: torch.Generator
+    ) -> BatchTransition:
+        n = self._frames_n
+        from_ring = index >= n
+        any_ring = bool(from_ring.any())
+        data_rows = index if not any_ring else index[~from_ring]
+        ring_rows = index[from_ring] - n if any_ring else None
+        data_rows = data_rows.to(self.storage_device)
+        next_rows = self._next_index.index_select(0, data_rows)
+        ring = self._ring.tensors
+
+        def pick(dataset: torch.Tensor, ring_name: str | None, rows: torch.Tensor) -> torch.Tensor:
+            part = dataset.index_select(0, rows)
+            if any_ring and ring_name is not None:
+                assert ring_rows is not None
+                extra = ring[ring_name].index_select(0, ring_rows.to(self.storage_device))
+                part = _merge(part, extra.to(part.dtype), from_ring)
+            return part
+
+        state: dict[str, torch.Tensor] = {}
+        next_state: dict[str, torch.Tensor] = {}
+        for key, frames in self._frames.items():
+            current = pick(frames, f"state/{key}", data_rows).to(self.device, non_blocking=True)
+            following = pick(frames, f"next_state/{key}", next_rows).to(self.device, non_blocking=True)
+            if key in self.ranges:
+                if augment and self.image_augmentation_function is None:
+                    current = random_shift(current, self._shifts(len(current), generator))
+                    following = random_shift(following, self._shifts(len(following), generator))
+                current = from_uint8(current, self.image_range, image_dtype)
+                following = from_uint8(following, self.image_range, image_dtype)
+                if augment and self.image_augmentation_function is not None:
+                    current = self.image_augmentation_function(current)
+                    following = self.image_augmentation_function(following)
+            else:
+                current, following = current.to(torch.float32), following.to(torch.float32)
+            state[key], next_state[key] = current, following
+
+        def column(dataset: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
+            return pick(dataset, name, data_rows).to(self.device, dtype=dtype, non_blocking=True)
+
+        batch = BatchTransition(
+            state=state,
+            action=column(self._action, "action", torch.float32),
+            reward=column(self._reward, "reward", torch.float32),
+            next_state=next_state,
+            done=column(self._done, "done", torch.float32),
+            truncated=column(self._truncated, "truncated", torch.float32),
+            complementary_info=(
+                {
+                    short: column(t, f"complementary_info/{short}", torch.float32)
+                    for short, t in self._extra.items()
+                }
+                if self._extra
+                else None
+            ),
+        )
+        return batch
+
+    def _shifts(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        shifts = torch.randint(0, 2 * DRQ_PAD + 1, (count, 2), generator=generator)
+        return shifts.to(self.device, non_blocking=True)
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        state: Mapping[str, torch.Tensor],
+        action: torch.Tensor,
+        reward: float | torch.Tensor,
+        next_state: Mapping[str, torch.Tensor],
+        done: bool | torch.Tensor,
+        truncated: bool | torch.Tensor,
+        complementary_info: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add one live transition (LeRobot's `ReplayBuffer.add` signature).
+
+        Images may be float in the buffer's declared range or uint8; they are range-checked
+        and stored as uint8. The dataset part is never modified; added transitions live in a
+        ring of `capacity` and the oldest is overwritten first.
+
+        Raises:
+            RangeMismatchError: an image is not in the buffer's range.
+            KeyError: a state key of the buffer is missing.
+        """
+        rows: dict[str, torch.Tensor] = {}
+        for prefix, observation in (("state", state), ("next_state", next_state)):
+            for key in self.state_keys:
+                if key not in observation:
+                    raise KeyError(f"{prefix} lacks {key!r}; the buffer's state keys are {self.state_keys}")
+                value = _row(observation[key], self._frames[key], f"{prefix}[{key!r}]")
+                if key in self.ranges:
+                    if value.dtype != torch.uint8:
+                        check_range(value, self.image_range, name=f"{prefix}[{key!r}]")
+                    value = to_uint8(value, self.image_range)
+                rows[f"{prefix}/{key}"] = value
+        rows["action"] = _row(action, self._action, "action")
+        rows["reward"] = torch.as_tensor(float(reward))
+        rows["done"] = torch.as_tensor(bool(done))
+        rows["truncated"] = torch.as_tensor(bool(truncated))
+        info = complementary_info or {}
+        for short, dataset in self._extra.items():
+            rows[f"complementary_info/{short}"] = _row(
+                info.get(short, 0.0), dataset, f"complementary_info[{short!r}]"
+            ).to(torch.float32)
+        with self._lock:
+            ring = self._ring
+            for name, value in rows.items():
+                dtype = (
+                    torch.uint8
+                    if value.dtype == torch.uint8
+                    else (torch.bool if name in ("done", "truncated") else torch.float32)
+                )
+                ring.allocate(name, value, dtype)[ring.position].copy_(value.to(ring.device))
+            ring.position = (ring.position + 1) % ring.capacity
+            ring.size = min(ring.size + 1, ring.capacity)
+
+    def to_lerobot_dataset(
+        self,
+        repo_id: str,
+        fps: int = 1,
+        root: str | Path | None = None,
+        task_name: str = "from_replay_buffer",
+    ) -> Any:
+        """Write all transitions as a LeRobot dataset (what LeRobot's learner does at checkpoints). Needs LeRobot."""
+        from .lerobot.export import buffer_to_lerobot_dataset
+
+        return buffer_to_lerobot_dataset(self, repo_id=repo_id, fps=fps, root=root, task_name=task_name)
+
+
+def _row(value: Any, column: torch.Tensor, name: str) -> torch.Tensor:
+    """One row shaped like the rows of `column` (LeRobot's transitions carry a batch dim of 1)."""
+    tensor = torch.as_tensor(value).detach().cpu()
+    expected = tuple(column.shape[1:])
+    if tuple(tensor.shape) != expected:
+        if tensor.numel() != _numel(expected):
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)}; the buffer holds rows of shape {expected}"
+            )
+        tensor = tensor.reshape(expected)
+    return tensor
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _merge(data_part: torch.Tensor, ring_part: torch.Tensor, from_ring: torch.Tensor) -> torch.Tensor:
+    out = torch.empty((len(from_ring), *data_part.shape[1:]), dtype=data_part.dtype, device=data_part.device)
+    mask = from_ring.to(data_part.device)
+    out[~mask] = data_part
+    out[mask] = ring_part
+    return out
+
+
+def _random_generator() -> torch.Generator:
+    generator = torch.Generator()
+    generator.seed()  # fresh entropy; pass a seeded generator for reproducible batches
+    return generator

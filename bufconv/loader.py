@@ -1,0 +1,112 @@
+"""`load_or_build`: the learner's one call: a fresh cache if there is one, else build it, then a buffer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .buffer import DEFAULT_CAPACITY, OfflineBuffer
+from .cache import read_cache
+from .options import DEFAULT_TOLERANCE_S, BuildOptions
+from .pipeline import ensure, prepare
+
+_STATUS = {"fresh": "hit", "built": "built", "rebuilt": "rebuilt"}
+
+
+def load_or_build(
+    dataset: str | os.PathLike[str],
+    cache_path: str | os.PathLike[str] = "offline_buffer.pt",
+    *,
+    image_range: int = 1,
+    state_keys: Sequence[str] | None = None,
+    episodes: Sequence[int] | str | None = None,
+    on_stale: str = "rebuild",
+    device: str | torch.device = "cpu",
+    use_drq: bool = True,
+    storage_device: str | torch.device = "cpu",
+    capacity: int = DEFAULT_CAPACITY,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    workers: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    lock_timeout: float | None = None,
+) -> OfflineBuffer:
+    """Serve `dataset` as an offline buffer, through the cache at `cache_path`.
+
+    A cache whose fingerprint matches the request (dataset content, range, keys, episodes,
+    tolerance, format version) and whose checksums hold is used as is (`status == "hit"`).
+    Anything else at `cache_path` (another range, changed videos, a damaged file, an old
+    `torch.save` of a LeRobot buffer) is stale: rebuilt atomically under a lock (`"rebuilt"`,
+    reasons in `stale_reasons`), or, with `on_stale="error"`, refused with `StaleCacheError`.
+    Two learners starting together build once; the second waits and gets a hit.
+
+    Args:
+        dataset: A LeRobot dataset folder or repo id (v3.0 or v2.1).
+        cache_path: The cache file.
+        image_range: 1 (images in [0,1]) or 255 (images in [0,255]).
+        state_keys: Observation keys of `state` (default: every `observation.*` feature).
+        episodes: Episode indices, or "0-9,15" (default: all).
+        on_stale: "rebuild" or "error".
+        device: Where batches are delivered (images are converted to float there).
+        use_drq: Random-shift augmentation when sampling (pad 4, as LeRobot).
+        storage_device: Where the frames live ("cpu": memory-mapped from the cache).
+        capacity: Live transitions `add` keeps (LeRobot's `offline_buffer_capacity`).
+        tolerance_s: Allowed distance between parquet timestamps and video frames.
+        workers: Decoding processes when building (None: all cores).
+        generator: Source of randomness for sampling (default: freshly seeded).
+        progress: Show a progress bar while building.
+        lock_timeout: Give up waiting for another builder after this many seconds (None: wait).
+
+    Raises:
+        StaleCacheError: stale cache and `on_stale="error"`.
+        DatasetError, DecodeError, CacheError: the dataset or the cache path is unusable.
+    """
+    options = BuildOptions.create(
+        image_range=image_range, keys=state_keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers
+    )
+    request = prepare(dataset, options)
+    if progress:
+        from .pipeline import _progress_bar
+
+        with _progress_bar(request) as bar:
+            result = ensure(request, cache_path, on_stale=on_stale, progress=bar, lock_timeout=lock_timeout)
+    else:
+        result = ensure(request, cache_path, on_stale=on_stale, lock_timeout=lock_timeout)
+    return OfflineBuffer(
+        read_cache(result.path, verify_payload=False),
+        device=device,
+        storage_device=storage_device,
+        use_drq=use_drq,
+        capacity=capacity,
+        generator=generator,
+        status=_STATUS[result.status],
+        stale_reasons=result.reasons,
+    )
+
+
+def open_buffer(
+    cache_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    use_drq: bool = True,
+    storage_device: str | torch.device = "cpu",
+    capacity: int = DEFAULT_CAPACITY,
+    generator: torch.Generator | None = None,
+    verify_payload: bool = True,
+) -> OfflineBuffer:
+    """Open an existing cache as a buffer without its dataset (no freshness check; integrity is checked).
+
+    Raises:
+        InvalidCacheError: the file is not a valid cache.
+    """
+    cache = read_cache(cache_path, verify_payload=verify_payload)
+    return OfflineBuffer(
+        cache,
+        device=device,
+        storage_device=storage_device,
+        use_drq=use_drq,
+        capacity=capacity,
+        generator=generator,
+    )

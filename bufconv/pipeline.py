@@ -1,0 +1,469 @@
+"""The build pipeline: a LeRobot dataset in, a sealed `offline_buffer.pt` out.
+
+    prepare()          open the dataset, resolve keys and episodes      (metadata only)
+    check_freshness()  compare an existing cache with the request        (no decoding)
+    ensure()           lock, re-check, and write the cache if needed
+    build()            the public entry point (`bufconv build`)
+
+Writing streams: the cache file is laid out first, numeric columns are copied in, and every
+image tensor is filled in place by decoding units (one per video file, or per part of one when
+several workers share a file), in this process or in worker processes. Peak memory is the
+frames being written, never a float copy or a second copy of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from . import fingerprint as fp
+from .cache import (
+    FORMAT_VERSION,
+    CacheWriter,
+    TensorSpec,
+    locked,
+    read_cache,
+    remove_stale_temps,
+    writable_dir_error,
+)
+from .dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset, open_dataset
+from .errors import CacheError, DecodeError, InvalidCacheError, StaleCacheError
+from .options import DEFAULT_TOLERANCE_S, BuildOptions
+from .units import ImageUnit, Unit, VideoUnit, run_unit
+from .video import FrameJob
+
+log = logging.getLogger("bufconv")
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A build request resolved against its dataset: what to read and how to store it."""
+
+    source: SourceDataset
+    selection: Selection
+    options: BuildOptions
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether the file at a cache path serves a request, and if not, why."""
+
+    exists: bool
+    fresh: bool
+    reasons: list[str]
+    fingerprint: fp.Fingerprint
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build` did. `status` is "built", "rebuilt" or "fresh" (already up to date)."""
+
+    path: Path
+    status: str
+    frames: int
+    episodes: int
+    seconds: float
+    file_bytes: int
+    payload_bytes: int
+    """uint8 bytes of all image tensors."""
+    ranges: dict[str, int]
+    fingerprint: str
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else math.inf
+
+
+def prepare(dataset: str | os.PathLike[str] | SourceDataset, options: BuildOptions) -> Request:
+    """Open `dataset` (metadata only) and resolve the options against it.
+
+    Raises:
+        DatasetError: not a dataset, unsupported version, unknown key or episode, missing file.
+    """
+    source = dataset if isinstance(dataset, SourceDataset) else open_dataset(dataset)
+    selection = source.select(options)
+    source.check_files_exist(selection)
+    return Request(source, selection, options)
+
+
+def check_freshness(request: Request, path: Path, *, verify_payload: bool = True) -> Freshness:
+    """Compare the file at `path` with `request` (reads headers and, if asked, checksums; never decodes)."""
+    if not path.exists():
+        return Freshness(False, False, [], _fingerprint(request, None))
+    try:
+        cache = read_cache(path, verify_payload=verify_payload)
+    except InvalidCacheError as e:
+        reasons = [f"{path.name}: {p.message}" for p in e.problems]
+        return Freshness(True, False, reasons, _fingerprint(request, None))
+    current = _fingerprint(request, cache.meta)
+    if cache.meta.get("fingerprint") == current.value:
+        return Freshness(True, True, [], current)
+    return Freshness(
+        True, False, fp.explain(cache.meta.get("fingerprint_inputs", {}), current.inputs), current
+    )
+
+
+def _fingerprint(request: Request, previous: dict[str, Any] | None) -> fp.Fingerprint:
+    return fp.compute(request.source, request.selection, request.options, FORMAT_VERSION, previous)
+
+
+def ensure(
+    request: Request,
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    on_stale: str = "rebuild",
+    progress: Progress | None = None,
+    verify_payload: bool = True,
+    lock_timeout: float | None = None,
+) -> BuildResult:
+    """Make `path` a fresh cache for `request`, building only if needed.
+
+    A fresh cache is detected without taking the lock. Otherwise the lock is taken, freshness
+    is checked again (a concurrent builder may just have finished), and the cache is written.
+
+    Raises:
+        StaleCacheError: the cache exists but is stale, and `on_stale` is "error".
+        CacheError: the destination is not writable, or writing failed.
+        DecodeError: a video or image could not be decoded.
+    """
+    if on_stale not in ("rebuild", "error"):
+        raise ValueError(f"on_stale must be 'rebuild' or 'error'; got {on_stale!r}")
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise CacheError(
+            f"{path}: is a folder; give the cache a file name, e.g. {path / 'offline_buffer.pt'}", path=path
+        )
+    started = time.perf_counter()
+    if not force:
+        state = check_freshness(request, path, verify_payload=verify_payload)
+        if state.fresh:
+            return _result(request, path, "fresh", started, state)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise writable_dir_error(path.parent, e) from e
+    with locked(path, timeout=lock_timeout):
+        remove_stale_temps(path)
+        state = check_freshness(request, path, verify_payload=verify_payload)
+        if state.fresh and not force:
+            return _result(request, path, "fresh", started, state)
+        if state.exists and not state.fresh and on_stale == "error":
+            raise StaleCacheError(
+                f"{path}: the cache is stale ({'; '.join(state.reasons)}); rebuild it (on_stale='rebuild' or bufconv build --force)",
+                path=path,
+                reasons=state.reasons,
+            )
+        if state.exists and not state.fresh:
+            log.warning("rebuilding %s: %s", path, "; ".join(state.reasons))
+        _write(request, path, state.fingerprint, progress)
+    return _result(request, path, "rebuilt" if state.exists else "built", started, state)
+
+
+def build(
+    dataset: str | os.PathLike[str],
+    output: str | os.PathLike[str] = "offline_buffer.pt",
+    *,
+    image_range: int = 1,
+    keys: Sequence[str] | str | None = None,
+    episodes: Sequence[int] | str | None = None,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    workers: int | None = 1,
+    force: bool = False,
+    progress: Progress | bool | None = None,
+) -> BuildResult:
+    """Convert a LeRobot dataset into a cache file, unless `output` is already up to date.
+
+    Args:
+        dataset: A dataset folder, or a repo id under $HF_LEROBOT_HOME.
+        output: The cache file to write.
+        image_range: 1 (batches in [0,1], LeRobot's convention) or 255 (batches in [0,255]).
+        keys: Observation keys for `state` (default: all `observation.*` features).
+        episodes: Episode indices, or a string like "0-9,15" (default: all).
+        tolerance_s: Allowed distance between a parquet timestamp and its video frame.
+        workers: Decoding processes (None: all cores).
+        force: Rebuild even if `output` is up to date.
+        progress: True for a progress bar, or a callable receiving frame counts.
+
+    Returns:
+        A `BuildResult` (status "built", "rebuilt" or "fresh").
+
+    Example:
+        >>> bufconv.build("~/.cache/huggingface/lerobot/me/pick_cube", "offline_buffer.pt", image_range=255)
+    """
+    options = BuildOptions.create(
+        image_range=image_range, keys=keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers
+    )
+    request = prepare(dataset, options)
+    if progress is True:
+        with _progress_bar(request) as bar:
+            return ensure(request, output, force=force, progress=bar)
+    return ensure(request, output, force=force, progress=progress or None)
+
+
+class _progress_bar:
+    def __init__(self, request: Request) -> None:
+        from tqdm import tqdm
+
+        sel = request.selection
+        total = sum(request.source.episodes[e].length for e in sel.episodes) * max(1, len(sel.image_keys))
+        self.bar = tqdm(total=total, unit="frame", desc="decoding", leave=False, dynamic_ncols=True)
+
+    def __enter__(self) -> Progress:
+        return self.bar.update
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def _result(request: Request, path: Path, status: str, started: float, state: Freshness) -> BuildResult:
+    cache = read_cache(path, verify_payload=False)
+    meta = cache.meta
+    payload = sum(math.prod(meta["tensors"][k]["shape"]) for k in meta["keys"]["images"])
+    return BuildResult(
+        path=path,
+        status=status,
+        frames=int(meta["frames"]),
+        episodes=len(meta["episodes"]),
+        seconds=time.perf_counter() - started,
+        file_bytes=path.stat().st_size,
+        payload_bytes=payload,
+        ranges={k: v["output"] for k, v in meta["ranges"].items()},
+        fingerprint=meta["fingerprint"],
+        reasons=state.reasons if status == "rebuilt" else [],
+    )
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+
+def _write(request: Request, path: Path, fingerprint: fp.Fingerprint, progress: Progress | None) -> None:
+    source, sel, options = request.source, request.selection, request.options
+    numeric = [
+        *sel.numeric_keys,
+        ACTION_KEY,
+        REWARD_KEY,
+        *([DONE_KEY] if sel.has_done else []),
+        *sel.complementary_keys,
+    ]
+    columns = source.read_columns(sel.episodes, [*numeric, "timestamp", "frame_index", "episode_index"])
+    lengths = [source.episodes[e].length for e in sel.episodes]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    frames = int(sum(lengths))
+    derived = _transitions(columns, sel, starts, lengths, source, frames)
+
+    specs = [TensorSpec(k, torch.uint8, (frames, *_chw(source, k))) for k in sel.image_keys]
+    stored: dict[str, np.ndarray] = {
+        k: columns[k] for k in [*sel.numeric_keys, ACTION_KEY, *sel.complementary_keys]
+    }
+    stored.update(derived)
+    stored["frame_index"] = columns["frame_index"].astype(np.int64).reshape(frames)
+    stored["timestamp"] = columns["timestamp"].astype(np.float32).reshape(frames)
+    specs += [TensorSpec(name, _torch_dtype(a.dtype), tuple(a.shape)) for name, a in stored.items()]
+
+    meta = {
+        "bufconv_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fingerprint.value,
+        "fingerprint_inputs": fingerprint.inputs,
+        "source_stats": fingerprint.stats,
+        "source": {
+            "root": str(source.root),
+            "repo_id": source.repo_id,
+            "codebase_version": source.version,
+            "fps": source.fps,
+            "revision": source.revision(),
+        },
+        "keys": {
+            "state": list(sel.state_keys),
+            "images": list(sel.image_keys),
+            "action": ACTION_KEY,
+            "complementary_info": list(sel.complementary_keys),
+        },
+        "ranges": {k: {"storage": "uint8", "output": options.image_range} for k in sel.image_keys},
+        "episodes": [
+            {"episode_index": int(e), "start": int(s), "length": int(n)}
+            for e, s, n in zip(sel.episodes, starts, lengths, strict=True)
+        ],
+        "frames": frames,
+        "done_source": DONE_KEY if sel.has_done else "episode_end",
+    }
+    with CacheWriter(path, specs) as writer:
+        for name, values in stored.items():
+            writer.array(name)[...] = values
+        units = _plan(request, writer, starts, columns["timestamp"])
+        report = _Reporter(
+            writer, progress, bytes_per_frame={u.key: math.prod(_chw(source, u.key)) for u in units}
+        )
+        if options.workers > 1 and len(units) > 1:
+            _run_parallel(units, options.workers, report)
+        else:
+            for unit in units:
+                run_unit(unit, writer.array(unit.key), lambda _e, n, key=unit.key: report(n, key))
+        writer.seal(meta)
+        writer.commit()
+
+
+class _Reporter:
+    """Forwards decoded-frame counts to the progress callback and starts disk writeback as data
+    accumulates, so the final fsync does not wait for the whole file."""
+
+    WRITEBACK_EVERY = 32 << 20
+
+    def __init__(
+        self, writer: CacheWriter, progress: Progress | None, bytes_per_frame: dict[str, int]
+    ) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.bytes_per_frame = bytes_per_frame
+        self.pending = 0
+
+    def __call__(self, frames: int, key: str) -> None:
+        if self.progress is not None:
+            self.progress(frames)
+        self.pending += frames * self.bytes_per_frame.get(key, 0)
+        if self.pending >= self.WRITEBACK_EVERY:
+            self.writer.start_writeback()
+            self.pending = 0
+
+
+def _transitions(
+    columns: dict[str, np.ndarray],
+    sel: Selection,
+    starts: np.ndarray,
+    lengths: Sequence[int],
+    source: SourceDataset,
+    frames: int,
+) -> dict[str, np.ndarray]:
+    """reward, done, truncated, episode_index and next_index per frame (SPEC section 7)."""
+    reward = columns[REWARD_KEY].astype(np.float32)
+    if reward.size != frames:
+        raise DecodeError(
+            f"{source.root}: {REWARD_KEY!r} has {reward.size // max(frames, 1)} values per frame; expected one",
+            path=source.root,
+        )
+    reward = reward.reshape(frames)
+    last = np.zeros(frames, dtype=bool)
+    last[starts + np.asarray(lengths) - 1] = True
+    # As LeRobot: without next.done, every episode ends in a terminal transition.
+    done = columns[DONE_KEY].astype(bool).reshape(frames) if sel.has_done else last.copy()
+    truncated = last & ~done
+    index = np.arange(frames, dtype=np.int64)
+    next_index = np.where(done | last, index, index + 1)
+    episode_index = np.repeat(np.asarray(sel.episodes, dtype=np.int64), lengths)
+    if not np.array_equal(columns["episode_index"].astype(np.int64).reshape(frames), episode_index):
+        raise DecodeError(
+            f"{source.root}: episode_index column disagrees with the episode table", path=source.root
+        )
+    return {
+        "reward": reward,
+        "done": done,
+        "truncated": truncated,
+        "episode_index": episode_index,
+        "next_index": next_index,
+    }
+
+
+def _chw(source: SourceDataset, key: str) -> tuple[int, int, int]:
+    height, width, channels = source.features[key].image_hwc()
+    if source.features[key].dtype == "video":
+        channels = 3  # decoded as rgb24, as LeRobot's PyAV backend does
+    return (channels, height, width)
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
+def _plan(request: Request, writer: CacheWriter, starts: np.ndarray, timestamps: np.ndarray) -> list[Unit]:
+    """Decoding units, largest first. With several workers, long files are split at episode boundaries."""
+    source, sel, options = request.source, request.selection, request.options
+    total = int(sum(source.episodes[e].length for e in sel.episodes))
+    split = max(1, math.ceil(total / (3 * options.workers))) if options.workers > 1 else None
+    threads = 0 if options.workers == 1 else 1
+    units: list[Unit] = []
+    for key in sel.image_keys:
+        target = writer.target(key)
+        if source.features[key].dtype == "image":
+            groups: dict[str, list[tuple[int, int]]] = {}
+            for e, start in zip(sel.episodes, starts, strict=True):
+                groups.setdefault(source.episodes[e].data_path, []).append((e, int(start)))
+            for members in groups.values():
+                units.append(
+                    ImageUnit(key, source, tuple(e for e, _ in members), tuple(s for _, s in members), target)
+                )
+            continue
+        by_file: dict[str, list[FrameJob]] = {}
+        for e, start in zip(sel.episodes, starts, strict=True):
+            length = source.episodes[e].length
+            rel, offset = source.episodes[e].videos[key]
+            wanted = offset + timestamps[start : start + length].astype(np.float64).reshape(length)
+            by_file.setdefault(rel, []).append(
+                FrameJob(e, np.arange(start, start + length, dtype=np.int64), wanted)
+            )
+        for rel, jobs in by_file.items():
+            jobs.sort(key=lambda j: float(j.timestamps[0]))
+            for chunk in _chunks(jobs, split):
+                units.append(
+                    VideoUnit(key, source.root / rel, tuple(chunk), target, options.tolerance_s, threads)
+                )
+    units.sort(key=lambda u: -u.frames)
+    return units
+
+
+def _chunks(jobs: list[FrameJob], size: int | None) -> list[list[FrameJob]]:
+    if size is None:
+        return [jobs]
+    chunks: list[list[FrameJob]] = [[]]
+    count = 0
+    for job in jobs:
+        if count >= size:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(job)
+        count += len(job.rows)
+    return chunks
+
+
+def _run_parallel(units: list[Unit], workers: int, report: _Reporter) -> None:
+    methods = multiprocessing.get_all_start_methods()
+    # forkserver: workers fork from a clean server process (no threads inherited from torch);
+    # bufconv.units imports neither torch nor bufconv's torch modules, so they start in ~0.1 s.
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["bufconv.units"])
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=context)
+    futures = {pool.submit(run_unit, unit): unit for unit in units}
+    try:
+        pending: set[Future[int]] = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                report(future.result(), futures[future].key)  # result() re-raises the worker's DecodeError
+    except BrokenProcessPool as e:
+        raise DecodeError(
+            f"a decoding worker died ({e}); retry with --workers 1 to see the failing file"
+        ) from e
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

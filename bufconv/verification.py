@@ -1,0 +1,235 @@
+"""`verify`: what is wrong with a cache file, as a report (and `verify_or_raise`, its strict twin).
+
+Works on any `.pt` file. A bufconv cache is checked from cheap to expensive (structure,
+integrity digest, safe unpickling, format version, consistency, checksums), then its declared
+ranges, then, given the dataset, its freshness. A foreign file is only ever opened with
+`weights_only=True` (never executed); the value ranges of image-like tensors inside it are
+reported, which is how an old double-normalized cache is diagnosed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import errors as E
+from .cache import CacheFile, read_cache, safe_load
+from .errors import InvalidCacheError, Problem
+from .options import BuildOptions, parse_episodes, validate_range
+from .ranges import DOUBLE_NORMALIZED_MAX, range_problem
+
+_MIN_IMAGE_SIDE = 8
+
+
+@dataclass
+class ObservedRange:
+    """Value range of one image-like tensor found in a file."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    min: float
+    max: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape, "min": self.min, "max": self.max}
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of `verify`. `ok` is true when there are no problems."""
+
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+    kind: str = "bufconv-cache"
+    """"bufconv-cache", "foreign" (a torch file bufconv did not write) or "unreadable"."""
+    format_version: int | None = None
+    frames: int | None = None
+    ranges: dict[str, int] = field(default_factory=dict)
+    """Declared output range per image key (bufconv caches)."""
+    observed: list[ObservedRange] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, code: str, message: str) -> None:
+        self.problems.append(Problem(code, message))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "path": self.path,
+            "kind": self.kind,
+            "problems": [{"code": p.code, "message": p.message} for p in self.problems],
+            "format_version": self.format_version,
+            "frames": self.frames,
+            "ranges": self.ranges,
+            "observed": [o.to_json() for o in self.observed],
+            "checked": self.checked,
+        }
+
+
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    dataset: str | os.PathLike[str] | None = None,
+    image_range: int | None = None,
+    quick: bool = False,
+) -> VerifyReport:
+    """Check a cache file and report every problem found.
+
+    Args:
+        path: Any `.pt` file.
+        dataset: Also check the cache is fresh for this dataset (same options as it was built with,
+            except `image_range` if given).
+        image_range: The range the caller expects (1 or 255); a cache declaring another is a problem.
+        quick: Skip the tensor checksums (everything else is cheap).
+
+    Returns:
+        A `VerifyReport`; `report.ok` is false when there are problems.
+    """
+    if image_range is not None:
+        image_range = validate_range(image_range)
+    report = VerifyReport(path=str(path))
+    try:
+        cache = read_cache(path, verify_payload=not quick)
+    except InvalidCacheError as e:
+        report.problems.extend(e.problems)
+        first = e.problems[0].code
+        report.kind = {E.UNREADABLE: "unreadable", E.NOT_A_CACHE: "foreign"}.get(first, "bufconv-cache")
+        if e.problems[0].code in (E.NOT_A_CACHE, E.UNREADABLE):
+            _inspect_foreign(Path(path), report, image_range)
+        return report
+    report.checked += ["structure", "integrity", "safe-load", "format-version", "consistency"]
+    if not quick:
+        report.checked.append("checksums")
+    report.format_version = 1
+    report.frames = cache.frames
+    report.ranges = {k: v["output"] for k, v in cache.meta["ranges"].items()}
+    for key, declared in report.ranges.items():
+        if image_range is not None and declared != image_range:
+            report.add(
+                E.RANGE_MISMATCH,
+                f"{key}: the cache declares range {declared}; {image_range} was expected (rebuild with --range {image_range})",
+            )
+    if not quick:
+        _check_pixels(cache, report)
+    report.checked.append("ranges")
+    if dataset is not None:
+        _check_fresh(cache, dataset, report)
+        report.checked.append("freshness")
+    return report
+
+
+def verify_or_raise(path: str | os.PathLike[str], **kwargs: Any) -> VerifyReport:
+    """`verify`, raising `InvalidCacheError` (with all problems) unless the report is ok."""
+    report = verify(path, **kwargs)
+    if not report.ok:
+        raise InvalidCacheError(
+            f"{path}: " + "; ".join(f"[{p.code}] {p.message}" for p in report.problems),
+            path=os.fspath(path),
+            problems=report.problems,
+        )
+    return report
+
+
+def _check_pixels(cache: CacheFile, report: VerifyReport) -> None:
+    """Stored frames whose pixels never exceed 1 were scaled to [0,1] before being stored as uint8."""
+    for key in cache.meta["keys"]["images"]:
+        lo, hi = (int(v) for v in torch.aminmax(cache.tensors[key]))
+        report.observed.append(
+            ObservedRange(key, "uint8", list(cache.tensors[key].shape), float(lo), float(hi))
+        )
+        if 0 < hi <= 1:
+            report.add(
+                E.DOUBLE_NORMALIZED,
+                f"{key}: stored pixels are all 0 or 1: the frames were scaled to [0,1] before being stored; rebuild from the dataset",
+            )
+
+
+def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: VerifyReport) -> None:
+    from .errors import BufconvError
+    from .pipeline import check_freshness, prepare
+
+    built = cache.meta["fingerprint_inputs"]["options"]
+    declared = next(iter(built["ranges"].values()), 1)
+    try:
+        # The declared range, not the expected one: a range difference is reported once, as range-mismatch.
+        options = BuildOptions(
+            image_range=declared,
+            keys=tuple(built["state_keys"]),
+            episodes=parse_episodes(built["episodes"]),
+            tolerance_s=built["tolerance_s"],
+        )
+        state = check_freshness(prepare(dataset, options), cache.path, verify_payload=False)
+    except BufconvError as e:
+        report.add(E.STALE, f"cannot check against {dataset}: {e}")
+        return
+    for reason in state.reasons:
+        report.add(E.STALE, reason)
+
+
+# ---- foreign files --------------------------------------------------------------------------
+
+
+def _inspect_foreign(path: Path, report: VerifyReport, image_range: int | None) -> None:
+    """Report image-like tensors of a non-bufconv file, loaded only with weights_only=True."""
+    if not path.is_file():
+        return
+    try:
+        obj = safe_load(path, mmap=True)
+    except InvalidCacheError:
+        try:
+            obj = safe_load(path, mmap=False)  # legacy (non-zip) files cannot be memory-mapped
+        except InvalidCacheError as e:
+            if not any(p.message == e.problems[0].message for p in report.problems):
+                report.problems.extend(e.problems)
+            return
+    report.kind = "foreign"
+    if not any(p.code == E.NOT_A_CACHE for p in report.problems):
+        report.problems = [p for p in report.problems if p.code != E.UNREADABLE]
+        report.add(E.NOT_A_CACHE, "a torch file, but not a bufconv cache")
+    for name, tensor in _image_like(obj, ""):
+        if tensor.numel() == 0:
+            continue
+        lo, hi = (float(v) for v in torch.aminmax(tensor.detach()))
+        report.observed.append(
+            ObservedRange(name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), lo, hi)
+        )
+        if tensor.is_floating_point() and 0 < hi <= DOUBLE_NORMALIZED_MAX and lo >= 0:
+            report.add(
+                E.DOUBLE_NORMALIZED,
+                f"{name}: values span [{lo:.6g}, {hi:.6g}], inside [0, 1/255]: divided by 255 twice; rebuild the buffer with bufconv",
+            )
+        elif image_range is not None:
+            problem = range_problem(tensor, image_range, name=name)
+            if problem is not None:
+                report.add(problem.problem, str(problem))
+
+
+def _image_like(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        if _looks_like_images(obj, prefix):
+            yield prefix or "tensor", obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _image_like(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _image_like(value, f"{prefix}[{i}]")
+
+
+def _looks_like_images(tensor: torch.Tensor, name: str) -> bool:
+    if tensor.ndim < 3 or not (tensor.is_floating_point() or tensor.dtype == torch.uint8):
+        return False
+    if "image" in name or "pixels" in name:
+        return True
+    c, h, w = tensor.shape[-3:]
+    return c in (1, 3, 4) and h >= _MIN_IMAGE_SIDE and w >= _MIN_IMAGE_SIDE
