@@ -1,0 +1,248 @@
+"""The `bufconv` command: a thin layer of click over the library.
+
+Each command parses its options, calls one library function and prints the result. Library
+errors become one line on stderr and exit status 1 (`--verbose` shows the traceback); usage
+errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import BufconvError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RANGE = click.Choice(["1", "255"])
+_RANGE_TEXT = {1: "floats in [0,1]", 255: "floats in [0,255]"}
+
+
+def _fail(message: str) -> None:
+    click.echo(f"bufconv: error: {' '.join(message.split())}", err=True)
+
+
+def handle_errors(command: F) -> F:
+    """Turn a `BufconvError` (or a bad value) into one line on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (BufconvError, ValueError, OSError) as e:
+            if click.get_current_context().find_root().params.get("verbose"):
+                traceback.print_exc()
+            _fail(str(e) or type(e).__name__)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _ranges(ranges: dict[str, int]) -> str:
+    return (
+        "; ".join(f"{k} -> {_RANGE_TEXT[v]} (stored uint8)" for k, v in ranges.items()) or "(no image keys)"
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bufconv")
+@click.option("--verbose", is_flag=True, help="Show the traceback of an error.")
+def cli(verbose: bool) -> None:
+    """Convert LeRobot datasets into versioned, range-checked offline replay buffers.
+
+    \b
+    Quick start:
+      bufconv demo
+      bufconv build user/pick_cube --range 255 -o offline_buffer.pt
+      bufconv verify offline_buffer.pt --dataset user/pick_cube
+    """
+
+
+@cli.command()
+@click.argument("dataset")
+@click.option(
+    "-o",
+    "--output",
+    default="offline_buffer.pt",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Cache file to write.",
+)
+@click.option(
+    "--range",
+    "image_range",
+    type=RANGE,
+    default="1",
+    show_default=True,
+    help="Range image batches come out in: 1 = [0,1] (LeRobot), 255 = [0,255] (encoders that normalise themselves).",
+)
+@click.option(
+    "--keys", help="Observation keys for the state, comma-separated (default: all observation.* features)."
+)
+@click.option("--episodes", help="Episodes to include, e.g. 0-9,15 (default: all).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Decoding processes (default: all cores)."
+)
+@click.option("--force", is_flag=True, help="Rebuild even if the cache is up to date.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@handle_errors
+def build(
+    dataset: str,
+    output: str,
+    image_range: str,
+    keys: str | None,
+    episodes: str | None,
+    workers: int | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Build an offline buffer cache from DATASET (a folder or a repo id).
+
+    If OUTPUT is already up to date for this dataset and these options, nothing is decoded.
+
+    \b
+    Example:
+      bufconv build ~/.cache/huggingface/lerobot/me/pick_cube --range 255 --episodes 0-9
+    """
+    from .pipeline import build as run_build
+
+    result = run_build(
+        dataset,
+        output,
+        image_range=int(image_range),
+        keys=keys,
+        episodes=episodes,
+        workers=workers,
+        force=force,
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    if quiet:
+        return
+    if result.status == "fresh":
+        click.echo(
+            f"{result.path} is up to date ({result.frames:,} frames, {result.episodes} episodes); "
+            "nothing decoded. Use --force to rebuild."
+        )
+    else:
+        for reason in result.reasons:
+            click.echo(f"stale: {reason}")
+        click.echo(
+            f"{result.status} {result.path}: {result.frames:,} frames, {result.episodes} episodes in "
+            f"{result.seconds:.2f} s ({result.frames_per_second:,.0f} frames/s); file {_size(result.file_bytes)} "
+            f"(uint8 pixels {_size(result.payload_bytes)})"
+        )
+    click.echo(f"ranges: {_ranges(result.ranges)}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--dataset", help="Also check the cache is fresh for this dataset.")
+@click.option(
+    "--range", "image_range", type=RANGE, default=None, help="The range you expect the cache to declare."
+)
+@click.option("--quick", is_flag=True, help="Skip the tensor checksums.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def verify(path: str, dataset: str | None, image_range: str | None, quick: bool, as_json: bool) -> None:
+    """Check a cache (or any .pt file) and report problems. Exit 0: none; 1: problems.
+
+    Safe on untrusted files: they are opened with weights_only=True and never executed. For a
+    file bufconv did not write, the value ranges of image-like tensors are reported, which
+    shows an old double-normalized buffer.
+
+    \b
+    Example:
+      bufconv verify offline_buffer.pt --dataset me/pick_cube --range 255
+    """
+    from .verification import verify as run_verify
+
+    report = run_verify(
+        path, dataset=dataset, image_range=None if image_range is None else int(image_range), quick=quick
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        click.echo(
+            f"{path}: {state} ({report.kind}; checked: {', '.join(report.checked) or 'nothing further'})"
+        )
+        if report.ranges:
+            click.echo(f"ranges: {_ranges(report.ranges)}")
+        for o in report.observed:
+            click.echo(f"observed {o.name}: {o.dtype} {o.shape} values in [{o.min:.6g}, {o.max:.6g}]")
+        for p in report.problems:
+            click.echo(f"[{p.code}] {p.message}")
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
+@handle_errors
+def info(path: str, as_json: bool) -> None:
+    """Summarise a cache from its header, without reading pixel data.
+
+    \b
+    Example:
+      bufconv info offline_buffer.pt --json
+    """
+    from .cache import read_header
+
+    meta = read_header(path)
+    size = Path(path).stat().st_size
+    if as_json:
+        click.echo(json.dumps({"path": path, "file_bytes": size, "meta": meta}, indent=2))
+        return
+    source = meta["source"]
+    click.echo(
+        f"{path}: bufconv cache, format 1 (bufconv {meta['bufconv_version']}, created {meta['created']}), {_size(size)}"
+    )
+    click.echo(
+        f"source: {source['root']} ({source.get('repo_id') or 'local'}, {source['codebase_version']}, {source['fps']} fps)"
+    )
+    click.echo(
+        f"frames: {meta['frames']:,} in {len(meta['episodes'])} episodes; done from {meta['done_source']}"
+    )
+    click.echo(f"fingerprint: {meta['fingerprint']}")
+    click.echo("tensors:")
+    width = max(len(k) for k in meta["tensors"])
+    for name, t in meta["tensors"].items():
+        note = f"  -> {_RANGE_TEXT[meta['ranges'][name]['output']]}" if name in meta["ranges"] else ""
+        click.echo(f"  {name:<{width}}  {t['dtype']:<8} {t['shape']}{note}")
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write the demo dataset and cache (default: a new temporary folder).",
+)
+@handle_errors
+def demo(directory: str | None) -> None:
+    """Run the whole job on an embedded example, offline.
+
+    Writes a small LeRobot v3.0 dataset (real AV1 video, made by bufconv), builds it with
+    --range 255, verifies the cache, samples a batch and shows the observed value ranges.
+    """
+    from .demo import run_demo
+
+    run_demo(directory, echo=click.echo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="bufconv")
