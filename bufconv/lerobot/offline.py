@@ -1,0 +1,113 @@
+"""A drop-in for the LeRobot learner's `initialize_offline_replay_buffer`, served by bufconv."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..buffer import DEFAULT_CAPACITY, OfflineBuffer
+from ..loader import load_or_build
+from ..options import validate_range
+
+log = logging.getLogger("bufconv")
+
+#: Policy config flags that mean "the encoder divides by 255 itself" (so it wants [0,255] input).
+_SELF_NORMALISING_FLAGS = ("normalise_inputs", "normalize_inputs", "normalize_images", "normalise_images")
+
+
+def resolve_image_range(cfg: Any, image_range: int | None = None) -> int:
+    """The range the learner's policy wants its images in.
+
+    In order: an explicit `image_range`; `cfg.image_range` or `cfg.policy.image_range`; 255 if
+    the policy config sets a flag saying its encoder normalises its own inputs (forks call it
+    `normalise_inputs` / `normalize_inputs`); else 1, LeRobot's convention.
+    """
+    if image_range is not None:
+        return validate_range(image_range)
+    policy = getattr(cfg, "policy", None)
+    for owner in (cfg, policy):
+        value = getattr(owner, "image_range", None)
+        if value is not None:
+            return validate_range(int(value))
+    for flag in _SELF_NORMALISING_FLAGS:
+        if getattr(policy, flag, False) is True:
+            return 255
+    return 1
+
+
+def initialize_offline_replay_buffer(
+    cfg: Any,
+    device: str = "cuda:0",
+    storage_device: str = "cpu",
+    *,
+    cache_path: str | os.PathLike[str] | None = None,
+    image_range: int | None = None,
+    on_stale: str = "rebuild",
+) -> OfflineBuffer:
+    """Replace LeRobot's `initialize_offline_replay_buffer(cfg, device, storage_device)`.
+
+    The dataset is `cfg.dataset` (its `root`, else `$HF_LEROBOT_HOME/<repo_id>`; on resume,
+    `<output_dir>/dataset_offline`, as LeRobot does), the state keys are the policy's input
+    features, and the cache lives at `<cfg.output_dir>/offline_buffer.pt`. A fresh cache is
+    memory-mapped in well under a second; a stale one is rebuilt and the reasons are logged.
+
+    Args:
+        cfg: LeRobot's `TrainRLServerPipelineConfig` (or anything with the same attributes).
+        device: Where batches go.
+        storage_device: Where frames are kept.
+        cache_path: Overrides `<cfg.output_dir>/offline_buffer.pt`.
+        image_range: Overrides the range found in the config (see `resolve_image_range`).
+        on_stale: "rebuild" or "error".
+    """
+    dataset_cfg = cfg.dataset
+    if getattr(cfg, "resume", False):
+        dataset: str | Path = Path(cfg.output_dir) / "dataset_offline"
+    elif getattr(dataset_cfg, "root", None):
+        dataset = Path(dataset_cfg.root)
+    else:
+        dataset = dataset_cfg.repo_id
+    path = Path(cache_path) if cache_path is not None else Path(cfg.output_dir) / "offline_buffer.pt"
+    episodes = getattr(dataset_cfg, "episodes", None)
+    policy = cfg.policy
+    buffer = load_or_build(
+        dataset,
+        path,
+        image_range=resolve_image_range(cfg, image_range),
+        state_keys=list(policy.input_features.keys()),
+        episodes=list(episodes) if episodes else None,
+        on_stale=on_stale,
+        device=str(device),
+        storage_device=str(storage_device),
+        capacity=int(getattr(policy, "offline_buffer_capacity", None) or DEFAULT_CAPACITY),
+        use_drq=True,
+    )
+    log.info(
+        "bufconv offline buffer: %s (%s, %d transitions, images in [0,%d])%s",
+        path,
+        buffer.status,
+        len(buffer),
+        buffer.image_range,
+        f"; rebuilt because {'; '.join(buffer.stale_reasons)}" if buffer.stale_reasons else "",
+    )
+    return buffer
+
+
+def install(module: Any = None) -> Any:
+    """Make LeRobot's learner use `initialize_offline_replay_buffer` from bufconv.
+
+    Args:
+        module: The learner module to patch (default: the installed LeRobot's).
+
+    Returns:
+        The patched module.
+    """
+    if module is None:
+        from .compat import learner_module
+
+        module = learner_module()
+    if not hasattr(module, "initialize_offline_replay_buffer"):
+        raise ImportError(f"{module.__name__} has no initialize_offline_replay_buffer to replace")
+    module.initialize_offline_replay_buffer = initialize_offline_replay_buffer
+    return module
