@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -68,6 +69,8 @@ def cli(verbose: bool) -> None:
       bufconv build user/pick_cube --range 255 -o offline_buffer.pt
       bufconv verify offline_buffer.pt --dataset user/pick_cube
     """
+    # Commands print what matters themselves; library log lines only with --verbose.
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="bufconv: %(message)s")
 
 
 @cli.command()
