@@ -75,7 +75,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     observation = bufconv.preprocess_observation(live_observation(rng), image_range=RANGE)
-    for step in range(40):
+    for _ in range(40):
         next_observation = bufconv.preprocess_observation(live_observation(rng), image_range=RANGE)
         for image_key in offline.image_keys:
             bufconv.check_range(observation[image_key], RANGE, name=image_key)  # actor -> buffer boundary
