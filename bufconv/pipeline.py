@@ -13,12 +13,13 @@ frames being written, never a float copy or a second copy of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -156,13 +157,11 @@ def ensure(
         state = check_freshness(request, path, verify_payload=verify_payload)
         if state.fresh:
             return _result(request, path, "fresh", started, state)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise writable_dir_error(path.parent, e) from e
-    with locked(path, timeout=lock_timeout):
+    with _parent_folder(path), locked(path, timeout=lock_timeout):
         remove_stale_temps(path)
-        state = check_freshness(request, path, verify_payload=verify_payload)
+        # Again under the lock: a concurrent builder may just have written a fresh cache.
+        # A forced rebuild only needs the old header (for its recorded source digests).
+        state = check_freshness(request, path, verify_payload=verify_payload and not force)
         if state.fresh and not force:
             return _result(request, path, "fresh", started, state)
         if state.exists and not state.fresh and on_stale == "error":
@@ -175,6 +174,27 @@ def ensure(
             log.warning("rebuilding %s: %s", path, "; ".join(state.reasons))
         _write(request, path, state.fingerprint, progress)
     return _result(request, path, "rebuilt" if state.exists else "built", started, state)
+
+
+@contextlib.contextmanager
+def _parent_folder(path: Path) -> Iterator[None]:
+    """Create the cache's missing parent folders; remove them again if the build fails."""
+    missing = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise writable_dir_error(path.parent, e) from e
+    try:
+        yield
+    except BaseException:
+        for created in missing:  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
 
 
 def build(
