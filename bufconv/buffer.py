@@ -260,16 +260,17 @@ class OfflineBuffer:
         from_ring = index >= n
         any_ring = bool(from_ring.any())
         data_rows = index if not any_ring else index[~from_ring]
-        ring_rows = index[from_ring] - n if any_ring else None
+        # Added transitions are numbered oldest first, as LeRobot numbers its ring.
+        ring = self._ring
+        ring_rows = (index[from_ring] - n + ring.position - ring.size) % ring.capacity if any_ring else None
         data_rows = data_rows.to(self.storage_device)
         next_rows = self._next_index.index_select(0, data_rows)
-        ring = self._ring.tensors
 
         def pick(dataset: torch.Tensor, ring_name: str | None, rows: torch.Tensor) -> torch.Tensor:
             part = dataset.index_select(0, rows)
             if any_ring and ring_name is not None:
                 assert ring_rows is not None
-                extra = ring[ring_name].index_select(0, ring_rows.to(self.storage_device))
+                extra = ring.tensors[ring_name].index_select(0, ring_rows.to(self.storage_device))
                 part = _merge(part, extra.to(part.dtype), from_ring)
             return part
 

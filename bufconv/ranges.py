@@ -236,6 +236,14 @@ def preprocess_observation(observations: Mapping[str, Any], image_range: int = 1
     for key in ("policy", "camera_obs"):  # IsaacLab Arena observations pass through, as in LeRobot
         if key in observations:
             out[f"observation.{key}"] = observations[key]
+    # Other array keys become float `observation.<key>` (batched), as LeRobot passes them through.
+    handled = {"pixels", "environment_state", "agent_pos", "robot_state", "policy", "camera_obs"}
+    for key, value in observations.items():
+        target = f"observation.{key}"
+        if key in handled or target in out or not isinstance(value, (np.ndarray, torch.Tensor)):
+            continue
+        tensor = (torch.from_numpy(value) if isinstance(value, np.ndarray) else value).float()
+        out[target] = tensor.unsqueeze(0) if tensor.dim() == 1 else tensor
     return out
 
 

@@ -32,5 +32,16 @@ def import_first(candidates: tuple[str, ...], what: str) -> ModuleType:
 
 
 def learner_module() -> ModuleType:
-    """LeRobot's learner script module (`lerobot.rl.learner` or `lerobot.scripts.rl.learner`)."""
-    return import_first(LEARNER_MODULES, "the LeRobot learner")
+    """LeRobot's learner script module (`lerobot.rl.learner` or `lerobot.scripts.rl.learner`).
+
+    Raises:
+        ImportError: LeRobot or its learner's dependencies (grpcio) are missing, said in one line.
+    """
+    try:
+        return import_first(LEARNER_MODULES, "the LeRobot learner")
+    except ImportError as e:
+        if "grpc" in str(e).lower():
+            raise ImportError(
+                f"the LeRobot learner needs grpcio: pip install 'lerobot[grpcio-dep]' ({e})"
+            ) from e
+        raise

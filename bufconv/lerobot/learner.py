@@ -5,11 +5,16 @@ python -m bufconv.lerobot.learner --config_path train_config.json
 
 from __future__ import annotations
 
+import sys
+
 from .offline import install
 
 
 def main() -> None:
-    module = install()
+    try:
+        module = install()
+    except ImportError as e:
+        sys.exit(f"bufconv: error: {e}")
     module.train_cli()
 
 
