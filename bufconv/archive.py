@@ -287,6 +287,9 @@ def read_layout(path: str | os.PathLike[str]) -> Layout:
         ValueError,
         EOFError,
         KeyError,
+        IndexError,
+        OverflowError,
+        NotImplementedError,  # zipfile's reaction to a damaged "version needed" field
     ) as e:
         raise ArchiveError(str(e) or type(e).__name__) from e
     return Layout(records, archive_name, comment, size)

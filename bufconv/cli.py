@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import BufconvError
+from .options import DEFAULT_TOLERANCE_S
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,6 +99,13 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="Decoding processes (default: all cores)."
 )
+@click.option(
+    "--tolerance-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TOLERANCE_S,
+    show_default=True,
+    help="Largest allowed gap between a parquet timestamp and its video frame, in seconds.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even if the cache is up to date.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 @handle_errors
@@ -108,6 +116,7 @@ def build(
     keys: str | None,
     episodes: str | None,
     workers: int | None,
+    tolerance_s: float,
     force: bool,
     quiet: bool,
 ) -> None:
@@ -128,6 +137,7 @@ def build(
         keys=keys,
         episodes=episodes,
         workers=workers,
+        tolerance_s=tolerance_s,
         force=force,
         progress=not quiet and sys.stderr.isatty(),
     )

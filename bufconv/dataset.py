@@ -36,7 +36,9 @@ ACTION_KEY = "action"
 COMPLEMENTARY_PREFIX = "complementary_info."
 
 _NOT_A_DATASET = "{root} is not a LeRobot dataset: {why}. Point DATASET at the folder that holds meta/info.json (or pass a repo id)."
-_UNSUPPORTED = "{path}: codebase_version {found!r} is not supported; bufconv reads {expected}. Convert it with LeRobot's converter (lerobot/scripts/convert_dataset_v21_to_v30.py) first."
+_UNSUPPORTED = "{path}: codebase_version {found!r} is not supported; bufconv reads {expected}. {fix}"
+_FIX_OLDER = "Convert it with LeRobot's converters first (lerobot/scripts/convert_dataset_v21_to_v30.py, after v20_to_v21 for v2.0)"
+_FIX_NEWER = "The dataset is newer than this bufconv: upgrade bufconv"
 _UNKNOWN_KEY = "{root}: no feature {key!r} in meta/info.json; observation keys are: {available}"
 _UNKNOWN_EPISODE = "{root}: episode(s) {missing} not in the dataset, which has episodes {available}"
 
@@ -426,7 +428,12 @@ def open_dataset(dataset: str | os.PathLike[str]) -> SourceDataset:
     version = str(info.get("codebase_version", "unknown"))
     if version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersionError(
-            _UNSUPPORTED.format(path=info_path, found=version, expected=" and ".join(SUPPORTED_VERSIONS)),
+            _UNSUPPORTED.format(
+                path=info_path,
+                found=version,
+                expected=" and ".join(SUPPORTED_VERSIONS),
+                fix=_FIX_NEWER if _is_newer(version) else _FIX_OLDER,
+            ),
             path=info_path,
             found=version,
             expected=SUPPORTED_VERSIONS,
@@ -534,6 +541,15 @@ def _format(template: str, root: Path, **fields: Any) -> str:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+def _is_newer(version: str) -> bool:
+    """Whether a codebase version string like 'v4.0' is newer than every supported one."""
+    try:
+        found = tuple(int(part) for part in version.lstrip("v").split("."))
+    except ValueError:
+        return False
+    return all(found > tuple(int(p) for p in v.lstrip("v").split(".")) for v in SUPPORTED_VERSIONS)
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -49,6 +49,11 @@ class Fingerprint:
     stats: dict[str, list[int]]
     """Per source file: [size, mtime_ns] when its digest was taken."""
 
+    def known(self) -> dict[str, tuple[int, int, str]]:
+        """This fingerprint's digests, for reuse by the next `compute`."""
+        files = self.inputs["source"]["files"]
+        return {rel: (stat[0], stat[1], files[rel]["digest"]) for rel, stat in self.stats.items()}
+
 
 def option_inputs(options: BuildOptions, selection: Selection) -> dict[str, Any]:
     """The options part of the fingerprint inputs (resolved against the dataset)."""
@@ -60,37 +65,48 @@ def option_inputs(options: BuildOptions, selection: Selection) -> dict[str, Any]
     }
 
 
+#: Digests taken earlier, by file: (size, mtime_ns, digest). Reused while a file's stat is unchanged.
+Known = Mapping[str, tuple[int, int, str]]
+
+
+def known_from_header(meta: Mapping[str, Any]) -> dict[str, tuple[int, int, str]]:
+    """The digests a cache header recorded, with the stat they were taken at."""
+    files = meta.get("fingerprint_inputs", {}).get("source", {}).get("files", {}) or {}
+    stats = meta.get("source_stats", {}) or {}
+    known = {}
+    for rel, entry in files.items():
+        stat = stats.get(rel)
+        if isinstance(entry, Mapping) and isinstance(stat, list) and len(stat) == 2:
+            known[rel] = (int(stat[0]), int(stat[1]), str(entry.get("digest")))
+    return known
+
+
 def compute(
     source: SourceDataset,
     selection: Selection,
     options: BuildOptions,
     format_version: int,
-    previous: Mapping[str, Any] | None = None,
+    known: Known | None = None,
 ) -> Fingerprint:
     """Fingerprint a build request.
 
     Args:
-        previous: The header of an existing cache; its recorded digests are reused for files
-            whose size and mtime did not change.
+        known: Digests taken earlier (from a cache header, or a previous fingerprint); a file
+            whose size and mtime are unchanged reuses its digest instead of being read again.
     """
-    old_files: Mapping[str, Any] = {}
-    old_stats: Mapping[str, Any] = {}
-    if previous:
-        old_files = previous.get("fingerprint_inputs", {}).get("source", {}).get("files", {}) or {}
-        old_stats = previous.get("source_stats", {}) or {}
+    known = known or {}
     files: dict[str, dict[str, Any]] = {}
     stats: dict[str, list[int]] = {}
     for rel in [*source.metadata_files(), *source.content_files(selection)]:
         path = source.root / rel
         st = os.stat(path)
-        stat = [st.st_size, st.st_mtime_ns]
-        old = old_files.get(rel)
-        if old is not None and list(old_stats.get(rel, [])) == stat and old.get("size") == st.st_size:
-            digest = old["digest"]
+        seen = known.get(rel)
+        if seen is not None and seen[:2] == (st.st_size, st.st_mtime_ns):
+            digest = seen[2]
         else:
             digest = file_digest(path)
         files[rel] = {"size": st.st_size, "digest": digest}
-        stats[rel] = stat
+        stats[rel] = [st.st_size, st.st_mtime_ns]
     inputs = {
         "format_version": format_version,
         "options": option_inputs(options, selection),

@@ -25,7 +25,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -104,25 +103,32 @@ def prepare(dataset: str | os.PathLike[str] | SourceDataset, options: BuildOptio
     return Request(source, selection, options)
 
 
-def check_freshness(request: Request, path: Path, *, verify_payload: bool = True) -> Freshness:
-    """Compare the file at `path` with `request` (reads headers and, if asked, checksums; never decodes)."""
+def check_freshness(
+    request: Request, path: Path, *, verify_payload: bool = True, known: fp.Known | None = None
+) -> Freshness:
+    """Compare the file at `path` with `request` (reads headers and, if asked, checksums; never decodes).
+
+    Args:
+        known: Source digests taken earlier in this process, reused for unchanged files (the
+            cache header's are reused too).
+    """
+    reuse = dict(known or {})
     if not path.exists():
-        return Freshness(False, False, [], _fingerprint(request, None))
+        return Freshness(False, False, [], _fingerprint(request, reuse))
     try:
         cache = read_cache(path, verify_payload=verify_payload)
     except InvalidCacheError as e:
         reasons = [f"{path.name}: {p.message}" for p in e.problems]
-        return Freshness(True, False, reasons, _fingerprint(request, None))
-    current = _fingerprint(request, cache.meta)
+        return Freshness(True, False, reasons, _fingerprint(request, reuse))
+    current = _fingerprint(request, {**fp.known_from_header(cache.meta), **reuse})
     if cache.meta.get("fingerprint") == current.value:
         return Freshness(True, True, [], current)
-    return Freshness(
-        True, False, fp.explain(cache.meta.get("fingerprint_inputs", {}), current.inputs), current
-    )
+    reasons = fp.explain(cache.meta.get("fingerprint_inputs", {}), current.inputs)
+    return Freshness(True, False, reasons, current)
 
 
-def _fingerprint(request: Request, previous: dict[str, Any] | None) -> fp.Fingerprint:
-    return fp.compute(request.source, request.selection, request.options, FORMAT_VERSION, previous)
+def _fingerprint(request: Request, known: fp.Known) -> fp.Fingerprint:
+    return fp.compute(request.source, request.selection, request.options, FORMAT_VERSION, known)
 
 
 def ensure(
@@ -153,15 +159,17 @@ def ensure(
             f"{path}: is a folder; give the cache a file name, e.g. {path / 'offline_buffer.pt'}", path=path
         )
     started = time.perf_counter()
+    known = None
     if not force:
         state = check_freshness(request, path, verify_payload=verify_payload)
         if state.fresh:
             return _result(request, path, "fresh", started, state)
+        known = state.fingerprint.known()
     with _parent_folder(path), locked(path, timeout=lock_timeout):
         remove_stale_temps(path)
-        # Again under the lock: a concurrent builder may just have written a fresh cache.
-        # A forced rebuild only needs the old header (for its recorded source digests).
-        state = check_freshness(request, path, verify_payload=verify_payload and not force)
+        # Again under the lock: a concurrent builder may just have written a fresh cache. The
+        # source digests just taken are reused; a forced rebuild skips the old payload checksums.
+        state = check_freshness(request, path, verify_payload=verify_payload and not force, known=known)
         if state.fresh and not force:
             return _result(request, path, "fresh", started, state)
         if state.exists and not state.fresh and on_stale == "error":
@@ -184,6 +192,12 @@ def _parent_folder(path: Path) -> Iterator[None]:
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
+    if not folder.is_dir():
+        raise CacheError(
+            f"{path.parent}: cannot be created, {folder} is a file, not a folder; "
+            "choose another output path with -o/--output",
+            path=path.parent,
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -436,7 +450,7 @@ def _plan(request: Request, writer: CacheWriter, starts: np.ndarray, timestamps:
             rel, offset = source.episodes[e].videos[key]
             wanted = offset + timestamps[start : start + length].astype(np.float64).reshape(length)
             by_file.setdefault(rel, []).append(
-                FrameJob(e, np.arange(start, start + length, dtype=np.int64), wanted)
+                FrameJob(e, np.arange(start, start + length, dtype=np.int64), wanted, offset)
             )
         for rel, jobs in by_file.items():
             jobs.sort(key=lambda j: float(j.timestamps[0]))

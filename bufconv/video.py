@@ -23,9 +23,9 @@ from .errors import DecodeError
 SEEK_GAP_S = 2.0
 
 _NO_FRAME = (
-    "{path}: no frame within {tol:g} s of t={query:.6f} s (episode {episode}, frame {frame}); the nearest "
-    "decoded frames are at {before} and {after}. The video does not match the parquet timestamps: "
-    "re-encode the video, or pass a larger tolerance_s if the offset is known to be harmless"
+    "{path}: no frame within {tol:g} s of episode {episode}'s frame {frame} (parquet timestamp {parquet:.6f} s, "
+    "t={query:.6f} s in the video); the nearest decoded frames are at {before} and {after}. The video does "
+    "not match the parquet timestamps: re-encode the video, or allow more with --tolerance-s if the offset is harmless"
 )
 _TRUNCATED = (
     "{path}: the video ends {where} but episode {episode} needs a frame at t={query:.6f} s (frame {frame}); "
@@ -43,6 +43,8 @@ class FrameJob:
     """Destination rows in the output array, int64 (n,)."""
     timestamps: np.ndarray
     """Wanted presentation times in the file's timeline (seconds, float64 (n,), ascending)."""
+    offset: float = 0.0
+    """Where the episode starts in the file (v3.0 `from_timestamp`): parquet time = file time - offset."""
 
 
 class _Frames:
@@ -185,10 +187,11 @@ def _fill(
                     path=path,
                     tol=tol,
                     query=wanted[i],
+                    parquet=wanted[i] - job.offset,
                     episode=job.episode,
                     frame=i,
-                    before="none" if previous is None else f"{previous:.6f} s",
-                    after=f"{t:.6f} s",
+                    before="(none)" if previous is None else f"t={previous:.6f} s",
+                    after=f"t={t:.6f} s",
                 ),
                 path=path,
             )
