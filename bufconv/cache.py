@@ -19,14 +19,13 @@ integrity digest, safe unpickling, the format name and version, internal consist
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import math
 import mmap
 import os
 import pickle
 import secrets
-import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,14 +39,14 @@ import xxhash
 from . import errors as E
 from .archive import ArchiveError, ArchiveWriter, Layout, pickle_tree, read_layout
 from .errors import CacheError, InvalidCacheError, LockTimeoutError, Problem
-from .units import Target
+from .sink import NUMPY_DTYPES, Target, pwrite_all
 
 FORMAT = "bufconv.offline_buffer"
 FORMAT_VERSION = 1
 CHECKSUM = "xxh3_128"
 _INTEGRITY_PREFIX = b"bufconv.offline_buffer integrity xxh3_128:"
 _INTEGRITY_LENGTH = len(_INTEGRITY_PREFIX) + 32
-_CHUNK = 16 << 20
+_WINDOW = 64 << 20
 _SPACE_MARGIN = 64 << 20
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -61,17 +60,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bool": torch.bool,
-}
-_NUMPY: dict[torch.dtype, Any] = {
-    torch.uint8: np.uint8,
-    torch.int8: np.int8,
-    torch.int16: np.int16,
-    torch.int32: np.int32,
-    torch.int64: np.int64,
-    torch.float16: np.float16,
-    torch.float32: np.float32,
-    torch.float64: np.float64,
-    torch.bool: np.bool_,
 }
 
 
@@ -93,9 +81,9 @@ class TensorSpec:
     shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if self.dtype not in _NUMPY:  # filled through numpy views, so numpy must know the dtype
+        if dtype_name(self.dtype) not in NUMPY_DTYPES:  # filled from numpy, so numpy must know the dtype
             raise ValueError(
-                f"{self.name}: dtype {self.dtype} cannot be stored; use one of {sorted(map(dtype_name, _NUMPY))}"
+                f"{self.name}: dtype {self.dtype} cannot be stored; use one of {sorted(NUMPY_DTYPES)}"
             )
 
     @property
@@ -103,25 +91,33 @@ class TensorSpec:
         return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
 
 
-def _digest_file_span(fd: int, offset: int, size: int, hasher: Any, buffer: bytearray) -> None:
-    view = memoryview(buffer)
+def _digest_span(fd: int, file_size: int, offset: int, size: int, hasher: Any) -> None:
+    """Feed bytes [offset, offset + size) of the file to `hasher`, through read-only windows.
+
+    Mapping hashes straight from the page cache (3x faster than pread's copy); windows keep
+    the mapped, resident part bounded. The size check comes first: touching a mapping past
+    the end of a (truncated) file would be a SIGBUS, not an error.
+    """
+    if offset + size > file_size:
+        raise OSError(errno.EIO, f"span {offset}+{size} runs past the end of the file ({file_size} bytes)")
     end = offset + size
     while offset < end:
-        n = os.preadv(fd, [view[: min(len(view), end - offset)]], offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "unexpected end of file")
-        hasher.update(view[:n])
-        offset += n
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        length = min(_WINDOW, end - start)
+        with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start) as window, memoryview(window) as view:
+            hasher.update(view[offset - start : length])
+        offset = start + length
 
 
 def checksum_spans(path: str | os.PathLike[str], spans: Sequence[tuple[int, int]]) -> str:
-    """xxh3-128 over the given (offset, size) spans of a file, in order, read with pread."""
+    """xxh3-128 over the given (offset, size) spans of a file, in order."""
     hasher = xxhash.xxh3_128()
-    buffer = bytearray(_CHUNK)
     fd = os.open(path, os.O_RDONLY)
     try:
+        file_size = os.fstat(fd).st_size
         for offset, size in spans:
-            _digest_file_span(fd, offset, size, hasher, buffer)
+            if size:
+                _digest_span(fd, file_size, offset, size, hasher)
     finally:
         os.close(fd)
     return f"{CHECKSUM}:{hasher.hexdigest()}"
@@ -159,7 +155,9 @@ def writable_dir_error(folder: Path, e: OSError) -> CacheError:
 class CacheWriter:
     """A cache under construction: a temporary file whose tensors are filled in place, then sealed.
 
-    Use as a context manager: leaving the block without `commit()` deletes the temporary file.
+    Tensors are written with `write` (whole arrays or row ranges) or streamed row by row through
+    `target(name).sink()` (from any process). Use as a context manager: leaving the block
+    without `commit()` deletes the temporary file.
 
     Args:
         final: Where the finished cache goes (replaced atomically on `commit`).
@@ -171,7 +169,6 @@ class CacheWriter:
         self.specs = {s.name: s for s in specs}
         self.tmp = temp_path_for(final)
         self._fd: int | None = None
-        self._mmap: mmap.mmap | None = None
         self._committed = False
         total = sum(s.nbytes for s in specs)
         try:
@@ -192,8 +189,6 @@ class CacheWriter:
             for index, spec in enumerate(specs):
                 self.offsets[spec.name] = self.archive.reserve(f"data/{index}", spec.nbytes)
             _reserve_space(self._fd, self.archive.pos, preallocate)
-            if self.archive.pos:
-                self._mmap = mmap.mmap(self._fd, self.archive.pos)
         except OSError as e:
             self._cleanup()
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -217,51 +212,60 @@ class CacheWriter:
             os.unlink(self.tmp)
 
     def _close(self) -> None:
-        if self._mmap is not None:
-            with contextlib.suppress(BufferError):
-                self._mmap.close()
-            self._mmap = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def array(self, name: str) -> np.ndarray:
-        """A writable numpy view of tensor `name` inside the temporary file."""
+    def write(self, name: str, values: Any, first_row: int = 0) -> None:
+        """Write `values` (array-like, shaped like rows of tensor `name`) starting at `first_row`.
+
+        Raises:
+            ValueError: the values do not fit the tensor's dtype or row shape.
+        """
         spec = self.specs[name]
-        dtype = _NUMPY[spec.dtype]
-        if spec.nbytes == 0 or self._mmap is None:
-            return np.empty(spec.shape, dtype=dtype)
-        return np.frombuffer(
-            self._mmap, dtype=dtype, count=math.prod(spec.shape), offset=self.offsets[name]
-        ).reshape(spec.shape)
+        dtype = NUMPY_DTYPES[dtype_name(spec.dtype)]
+        array = np.ascontiguousarray(values, dtype=dtype)
+        if array.size == 0:
+            return
+        if spec.shape:
+            array = array.reshape(-1, *spec.shape[1:])
+            if first_row < 0 or first_row + len(array) > spec.shape[0]:
+                raise ValueError(
+                    f"{name}: rows {first_row}..{first_row + len(array)} outside its {spec.shape[0]} rows"
+                )
+            row_bytes = math.prod(spec.shape[1:]) * array.itemsize
+        else:
+            array, row_bytes = array.reshape(()), 0
+        if array.nbytes:
+            assert self._fd is not None, "write() after close"
+            pwrite_all(self._fd, array, self.offsets[name] + first_row * row_bytes)
 
     def target(self, name: str) -> Target:
-        """The location of tensor `name`, for a worker process to open with `Target.open()`."""
+        """Where tensor `name` lives in the temporary file: `target(name).sink()` streams rows into it."""
         spec = self.specs[name]
         return Target(str(self.tmp), self.offsets[name], dtype_name(spec.dtype), spec.shape)
 
-    def start_writeback(self) -> None:
-        """Ask the kernel to start writing dirty pages to disk now (Linux), so the final fsync
-        has little left to wait for. Decoding goes on meanwhile; elsewhere this does nothing."""
-        if self._fd is not None and _sync_file_range is not None:
-            _sync_file_range(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-    def checksums(self) -> dict[str, str]:
-        """xxh3-128 of each tensor's bytes as now in the file."""
+    def checksums(self, known: Mapping[str, str] | None = None) -> dict[str, str]:
+        """xxh3-128 of each tensor's bytes as now in the file (`known` ones are taken as given)."""
+        known = known or {}
         return {
-            name: checksum_spans(self.tmp, [(self.offsets[name], spec.nbytes)])
+            name: known.get(name) or checksum_spans(self.tmp, [(self.offsets[name], spec.nbytes)])
             for name, spec in self.specs.items()
         }
 
-    def seal(self, meta: dict[str, Any]) -> None:
+    def seal(self, meta: dict[str, Any], checksums: Mapping[str, str] | None = None) -> None:
         """Write the header (meta, with `meta['tensors'][name]['checksum']` filled), fsync the file.
+
+        Args:
+            meta: The header, without its `tensors` entry.
+            checksums: Tensor checksums already computed while writing (the rest are computed here).
 
         Raises:
             CacheError: the file could not be written (disk full, I/O error).
         """
         assert self._fd is not None, "seal() after close"
         try:
-            sums = self.checksums()  # pread sees the mapped writes: one page cache
+            sums = self.checksums(checksums)
             meta = dict(meta)
             meta["tensors"] = {
                 name: {"dtype": dtype_name(spec.dtype), "shape": list(spec.shape), "checksum": sums[name]}
@@ -291,10 +295,18 @@ class CacheWriter:
     def commit(self) -> None:
         """Atomically replace the destination with the sealed temporary file."""
         self._close()
+        # Freeing the blocks of a large replaced cache takes tens of milliseconds (more with
+        # online discard). Holding the old file open moves that work to a background close.
+        old = None
+        if os.name == "posix":
+            with contextlib.suppress(OSError):
+                old = os.open(self.final, os.O_RDONLY)
         try:
             os.replace(self.tmp, self.final)
             _fsync_dir(self.final.parent)
         except OSError as e:
+            if old is not None:
+                os.close(old)
             self._cleanup()
             raise CacheError(
                 f"{self.final}: cannot replace the cache ({os.strerror(e.errno or errno.EIO)}); the old file is untouched. "
@@ -302,25 +314,10 @@ class CacheWriter:
                 path=self.final,
             ) from e
         self._committed = True
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
+        if old is not None:
+            threading.Thread(
+                target=os.close, args=(old,), name="bufconv-release-old-cache", daemon=True
+            ).start()
 
 
 def _reserve_space(fd: int, size: int, preallocate: bool) -> None:

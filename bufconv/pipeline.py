@@ -16,12 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,8 +40,10 @@ from .cache import (
 from .dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset, open_dataset
 from .errors import CacheError, DecodeError, InvalidCacheError, StaleCacheError
 from .options import DEFAULT_TOLERANCE_S, BuildOptions
+from .sink import RowSink
 from .units import ImageUnit, Unit, VideoUnit, run_unit
 from .video import FrameJob
+from .workers import WorkerPool
 
 log = logging.getLogger("bufconv")
 
@@ -290,6 +289,22 @@ def _result(request: Request, path: Path, status: str, started: float, state: Fr
 
 def _write(request: Request, path: Path, fingerprint: fp.Fingerprint, progress: Progress | None) -> None:
     source, sel, options = request.source, request.selection, request.options
+    lengths = [source.episodes[e].length for e in sel.episodes]
+    # Workers start first, so they import while this process reads the parquet data.
+    parallel = options.workers > 1 and sum(lengths) * len(sel.image_keys) >= MIN_PARALLEL_FRAMES
+    with WorkerPool(options.workers) if parallel else contextlib.nullcontext() as pool:
+        _write_with(request, path, fingerprint, progress, lengths, pool)
+
+
+def _write_with(
+    request: Request,
+    path: Path,
+    fingerprint: fp.Fingerprint,
+    progress: Progress | None,
+    lengths: list[int],
+    pool: WorkerPool | None,
+) -> None:
+    source, sel, options = request.source, request.selection, request.options
     numeric = [
         *sel.numeric_keys,
         ACTION_KEY,
@@ -298,7 +313,6 @@ def _write(request: Request, path: Path, fingerprint: fp.Fingerprint, progress: 
         *sel.complementary_keys,
     ]
     columns = source.read_columns(sel.episodes, [*numeric, "timestamp", "frame_index", "episode_index"])
-    lengths = [source.episodes[e].length for e in sel.episodes]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     frames = int(sum(lengths))
     derived = _transitions(columns, sel, starts, lengths, source, frames)
@@ -341,41 +355,15 @@ def _write(request: Request, path: Path, fingerprint: fp.Fingerprint, progress: 
     }
     with CacheWriter(path, specs) as writer:
         for name, values in stored.items():
-            writer.array(name)[...] = values
-        units = _plan(request, writer, starts, columns["timestamp"])
-        report = _Reporter(
-            writer, progress, bytes_per_frame={u.key: math.prod(_chw(source, u.key)) for u in units}
-        )
-        if options.workers > 1 and len(units) > 1:
-            _run_parallel(units, options.workers, report)
+            writer.write(name, values)
+        units = _plan(request, writer, starts, columns["timestamp"], parallel=pool is not None)
+        checksums: dict[str, str] = {}
+        if pool is not None:
+            pool.run(units, (lambda _unit, n: progress(n)) if progress else None)
         else:
-            for unit in units:
-                run_unit(unit, writer.array(unit.key), lambda _e, n, key=unit.key: report(n, key))
-        writer.seal(meta)
+            checksums = _run_in_process(units, progress)
+        writer.seal(meta, checksums)
         writer.commit()
-
-
-class _Reporter:
-    """Forwards decoded-frame counts to the progress callback and starts disk writeback as data
-    accumulates, so the final fsync does not wait for the whole file."""
-
-    WRITEBACK_EVERY = 32 << 20
-
-    def __init__(
-        self, writer: CacheWriter, progress: Progress | None, bytes_per_frame: dict[str, int]
-    ) -> None:
-        self.writer = writer
-        self.progress = progress
-        self.bytes_per_frame = bytes_per_frame
-        self.pending = 0
-
-    def __call__(self, frames: int, key: str) -> None:
-        if self.progress is not None:
-            self.progress(frames)
-        self.pending += frames * self.bytes_per_frame.get(key, 0)
-        if self.pending >= self.WRITEBACK_EVERY:
-            self.writer.start_writeback()
-            self.pending = 0
 
 
 def _transitions(
@@ -426,15 +414,19 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
-def _plan(request: Request, writer: CacheWriter, starts: np.ndarray, timestamps: np.ndarray) -> list[Unit]:
-    """Decoding units, largest first. With several workers, long files are split at episode boundaries."""
+def _plan(
+    request: Request, writer: CacheWriter, starts: np.ndarray, timestamps: np.ndarray, *, parallel: bool
+) -> list[Unit]:
+    """Decoding units, largest first. For worker processes, long files are split at episode
+    boundaries into units of about a third of a worker's share, so the load evens out."""
     source, sel, options = request.source, request.selection, request.options
-    total = int(sum(source.episodes[e].length for e in sel.episodes))
-    split = max(1, math.ceil(total / (3 * options.workers))) if options.workers > 1 else None
-    threads = 0 if options.workers == 1 else 1
+    total = int(sum(source.episodes[e].length for e in sel.episodes)) * len(sel.image_keys)
+    split = max(1, math.ceil(total / (3 * options.workers))) if parallel else None
     units: list[Unit] = []
     for key in sel.image_keys:
         target = writer.target(key)
+        _, height, width = _chw(source, key)
+        threads = _decoder_threads(height * width, parallel)
         if source.features[key].dtype == "image":
             groups: dict[str, list[tuple[int, int]]] = {}
             for e, start in zip(sel.episodes, starts, strict=True):
@@ -462,6 +454,21 @@ def _plan(request: Request, writer: CacheWriter, starts: np.ndarray, timestamps:
     return units
 
 
+#: Up to this many pixels a frame, one decoder thread is fastest (measured with AV1 on 2 cores:
+#: 128x128 decodes in 0.09 ms/frame on 1 thread, 0.11 on 2; at 480x640 two threads win by 25%),
+#: and it leaves the other core to the thread writing the file.
+SINGLE_THREAD_PIXELS = 256 * 256
+
+
+#: Below this many frames (all cameras), starting worker processes costs more than it saves.
+MIN_PARALLEL_FRAMES = 1500
+
+
+def _decoder_threads(pixels: int, parallel: bool) -> int:
+    """Threads per decoder: 1 with worker processes (they fill the cores) or small frames, else FFmpeg's choice."""
+    return 1 if parallel or pixels <= SINGLE_THREAD_PIXELS else 0
+
+
 def _chunks(jobs: list[FrameJob], size: int | None) -> list[list[FrameJob]]:
     if size is None:
         return [jobs]
@@ -476,28 +483,20 @@ def _chunks(jobs: list[FrameJob], size: int | None) -> list[list[FrameJob]]:
     return chunks
 
 
-def _run_parallel(units: list[Unit], workers: int, report: _Reporter) -> None:
-    methods = multiprocessing.get_all_start_methods()
-    # forkserver: workers fork from a clean server process (no threads inherited from torch);
-    # bufconv.units imports neither torch nor bufconv's torch modules, so they start in ~0.1 s.
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["bufconv.units"])
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=context)
-    futures = {pool.submit(run_unit, unit): unit for unit in units}
+def _run_in_process(units: list[Unit], progress: Progress | None) -> dict[str, str]:
+    """Run units here, in row order, one sink per tensor kept open throughout (its writer thread
+    finishes one unit's frames while the next unit decodes). Returns the checksums the sinks
+    computed on the way (every tensor written in row order)."""
+    sinks: dict[str, RowSink] = {}
+    on_episode = (lambda _episode, n: progress(n)) if progress else None
     try:
-        pending: set[Future[int]] = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                report(future.result(), futures[future].key)  # result() re-raises the worker's DecodeError
-    except BrokenProcessPool as e:
-        raise DecodeError(
-            f"a decoding worker died ({e}); retry with --workers 1 to see the failing file"
-        ) from e
-    except BaseException:
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        raise
+        for unit in sorted(units, key=lambda u: (u.key, u.first_row)):
+            if unit.key not in sinks:
+                sinks[unit.key] = unit.target.sink()
+            run_unit(unit, on_episode, sinks[unit.key])
+        for sink in sinks.values():
+            sink.close()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for sink in sinks.values():
+            sink.close(flush=False)
+    return {key: sink.checksum for key, sink in sinks.items() if sink.checksum is not None}

@@ -2,50 +2,25 @@
 
 A unit fills rows of one image tensor inside the cache file being written: a `VideoUnit`
 decodes (part of) one mp4 file, an `ImageUnit` decodes the PNG/JPEG frames of one parquet file.
-Workers open the file region themselves (`Target.open`), so no pixels cross process
-boundaries. This module stays free of torch so worker processes start quickly.
+Each unit writes through its own `RowSink` (the file opened by the unit itself), so no pixels
+cross process boundaries. This module stays free of torch so worker processes start quickly.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from .dataset import SourceDataset
 from .errors import DecodeError
+from .sink import RowSink, Target
 from .video import FrameJob, decode_image, decode_video
 
-_NUMPY_DTYPES = {
-    "uint8": np.uint8,
-    "int8": np.int8,
-    "int16": np.int16,
-    "int32": np.int32,
-    "int64": np.int64,
-    "float16": np.float16,
-    "float32": np.float32,
-    "float64": np.float64,
-    "bool": np.bool_,
-}
+if TYPE_CHECKING:  # not imported at run time: video workers need no pyarrow (0.1 s of their start)
+    from .dataset import SourceDataset
 
-
-@dataclass(frozen=True)
-class Target:
-    """Where one tensor's bytes sit in a cache file being written."""
-
-    path: str
-    offset: int
-    dtype: str
-    shape: tuple[int, ...]
-
-    def open(self) -> np.ndarray:
-        """A writable numpy view of the tensor, mapped from the file."""
-        dtype = _NUMPY_DTYPES[self.dtype]
-        if math.prod(self.shape) == 0:
-            return np.empty(self.shape, dtype=dtype)
-        return np.memmap(self.path, dtype=dtype, mode="r+", offset=self.offset, shape=self.shape)
+OnEpisode = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -63,6 +38,10 @@ class VideoUnit:
     def frames(self) -> int:
         return sum(len(j.rows) for j in self.jobs)
 
+    @property
+    def first_row(self) -> int:
+        return min(int(j.rows[0]) for j in self.jobs if len(j.rows))
+
 
 @dataclass(frozen=True)
 class ImageUnit:
@@ -78,57 +57,53 @@ class ImageUnit:
     def frames(self) -> int:
         return sum(self.source.episodes[e].length for e in self.episodes)
 
+    @property
+    def first_row(self) -> int:
+        return min(self.starts)
+
 
 Unit = VideoUnit | ImageUnit
 
 
-def run_unit(unit: Unit, out: np.ndarray | None = None, on_episode: object = None) -> int:
+def run_unit(unit: Unit, on_episode: OnEpisode | None = None, sink: RowSink | None = None) -> int:
     """Do one unit of work; returns the number of frames written.
 
     Args:
         unit: The work.
-        out: The destination array, if the caller already has it open (in-process builds).
-        on_episode: Optional callable(episode, frames) for progress.
+        on_episode: Optional callable(episode, frames), for progress.
+        sink: Where the frames go; by default a sink of its own, closed before returning
+            (worker processes). In-process builds pass one sink per tensor, kept open across
+            units, so one unit's writing overlaps the next one's decoding.
     """
-    array = unit.target.open() if out is None else out
-    try:
-        if isinstance(unit, VideoUnit):
-            return decode_video(
-                unit.path,
-                unit.jobs,
-                array,
-                tolerance_s=unit.tolerance_s,
-                key=unit.key,
-                threads=unit.threads,
-                on_episode=on_episode,  # type: ignore[arg-type]
-            )
-        return _decode_images(unit, array, on_episode)
-    finally:
-        if out is None and isinstance(array, np.memmap):
-            array.flush()
-            del array
+    if sink is None:
+        with unit.target.sink() as own:
+            return run_unit(unit, on_episode, own)
+    if isinstance(unit, VideoUnit):
+        return decode_video(
+            unit.path, unit.jobs, sink, tolerance_s=unit.tolerance_s, key=unit.key,
+            threads=unit.threads, on_episode=on_episode,
+        )  # fmt: skip
+    return _decode_images(unit, sink, on_episode)
 
 
-def _decode_images(unit: ImageUnit, out: np.ndarray, on_episode: object) -> int:
+def _decode_images(unit: ImageUnit, sink: RowSink, on_episode: OnEpisode | None) -> int:
     starts = dict(zip(unit.episodes, unit.starts, strict=True))
-    expected = out.shape[1:]  # (C, H, W)
+    expected = sink.row_shape  # (C, H, W)
     written = 0
     for episode, payloads in unit.source.iter_image_bytes(unit.episodes, unit.key):
-        row = starts[episode]
         where = (
             f"{unit.source.root / unit.source.episodes[episode].data_path} ({unit.key}, episode {episode})"
         )
         for i, data in enumerate(payloads):
-            pixels = decode_image(data, where=f"{where}, frame {i}")
-            chw = pixels.transpose(2, 0, 1)
-            if chw.shape != expected:
+            hwc = decode_image(data, where=f"{where}, frame {i}")
+            if hwc.shape != (expected[1], expected[2], expected[0]):
                 raise DecodeError(
-                    f"{where}: frame {i} is {chw.shape[1]}x{chw.shape[2]} with {chw.shape[0]} channels but "
+                    f"{where}: frame {i} is {hwc.shape[0]}x{hwc.shape[1]} with {hwc.shape[2]} channels but "
                     f"meta/info.json declares {expected[1]}x{expected[2]} with {expected[0]}; the dataset is inconsistent",
                     path=unit.source.root / unit.source.episodes[episode].data_path,
                 )
-            out[row + i] = chw
+            sink.put(starts[episode] + i, hwc)
         written += len(payloads)
-        if callable(on_episode):
+        if on_episode is not None:
             on_episode(episode, len(payloads))
     return written

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from .errors import DecodeError
+from .sink import RowSink
 
 #: Seek instead of decoding through a gap longer than this (selected episodes far apart in a file).
 SEEK_GAP_S = 2.0
@@ -59,6 +60,9 @@ class _Frames:
         if self.stream.time_base is None:
             raise DecodeError(f"{path}: the video stream has no time base; re-encode the video", path=path)
         self.time_base = self.stream.time_base
+        # pts * num / den with Python ints is correctly rounded, i.e. exactly LeRobot's
+        # float(pts * time_base), without building a Fraction per frame.
+        self._num, self._den = self.time_base.numerator, self.time_base.denominator
         self._it: Iterator[av.VideoFrame] = container.decode(self.stream)
         self._pending: tuple[float, av.VideoFrame] | None = None
         self.last_t: float | None = None
@@ -79,7 +83,7 @@ class _Frames:
                 ) from e
             if frame.pts is None:  # as LeRobot: frames without a timestamp cannot be matched
                 continue
-            t = float(frame.pts * self.time_base)
+            t = frame.pts * self._num / self._den
             self.last_t = t
             return t, frame
 
@@ -105,7 +109,7 @@ class _Frames:
 def decode_video(
     path: Path,
     jobs: Sequence[FrameJob],
-    out: np.ndarray,
+    out: RowSink,
     *,
     tolerance_s: float,
     key: str = "",
@@ -117,8 +121,8 @@ def decode_video(
     Args:
         path: The mp4 file.
         jobs: Episodes stored in this file, in any order.
-        out: uint8 (N, C, H, W) destination; row `jobs[i].rows[j]` receives the frame whose
-            timestamp is `jobs[i].timestamps[j]` (within `tolerance_s`).
+        out: Rows of a uint8 (N, C, H, W) tensor; row `jobs[i].rows[j]` receives the frame
+            whose timestamp is `jobs[i].timestamps[j]` (within `tolerance_s`).
         tolerance_s: Largest allowed |frame time - wanted time|, strict as in LeRobot.
         key: The feature name, for messages.
         threads: Decoder threads (0 lets FFmpeg choose).
@@ -143,7 +147,7 @@ def decode_video(
         if not container.streams.video:
             raise DecodeError(f"{path}: the file has no video stream; re-download it", path=path)
         frames = _Frames(container, path, threads)
-        height, width = out.shape[2], out.shape[3]
+        height, width = out.row_shape[1], out.row_shape[2]
         started = False
         for job in ordered:
             if not len(job.rows):
@@ -160,14 +164,12 @@ def decode_video(
 
 
 def _fill(
-    frames: _Frames, job: FrameJob, out: np.ndarray, tol: float, path: Path, key: str, height: int, width: int
+    frames: _Frames, job: FrameJob, out: RowSink, tol: float, path: Path, key: str, height: int, width: int
 ) -> int:
-    wanted = job.timestamps
+    wanted: list[float] = job.timestamps.tolist()  # Python floats: numpy scalars are slow per frame
+    rows: list[int] = job.rows.tolist()
     i = 0
     previous: float | None = None
-    # Transposing HWC -> CHW straight into fresh file-backed pages is slow (scattered first
-    # writes); transposing into a small warm buffer and copying that contiguously is not.
-    scratch = np.empty(out.shape[1:], dtype=np.uint8)
     last: tuple[float, av.VideoFrame] | None = None
     while i < len(wanted):
         item = frames.next()
@@ -204,9 +206,8 @@ def _fill(
             )
         pixels = frame.to_ndarray(format="rgb24")  # exactly LeRobot's PyAV path: (H, W, 3) uint8
         # Several rows may want the same frame (duplicate timestamps): give it to all of them.
-        np.copyto(scratch, pixels.transpose(2, 0, 1))
         while i < len(wanted) and abs(t - wanted[i]) < tol:
-            out[job.rows[i]] = scratch
+            out.put(rows[i], pixels)
             i += 1
         previous, last = t, item
     if last is not None:

@@ -135,3 +135,12 @@ def dataset_copy(tmp_path: Path, lerobot_dataset: Callable[..., Path]) -> Callab
 @pytest.fixture
 def spec() -> type[Spec]:
     return Spec
+
+
+@pytest.fixture(autouse=True)
+def _workers_even_for_tiny_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds asking for several workers use worker processes even on test-sized datasets
+    (in real use, small datasets are decoded in-process: workers would cost more than they save)."""
+    import bufconv.pipeline
+
+    monkeypatch.setattr(bufconv.pipeline, "MIN_PARALLEL_FRAMES", 0)

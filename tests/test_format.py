@@ -420,7 +420,7 @@ def _write(path: Path, items: list[tuple[str, np.ndarray, torch.dtype]], meta: d
     specs = [TensorSpec(name, dtype, tuple(array.shape)) for name, array, dtype in items]
     with CacheWriter(path, specs) as writer:
         for name, array, _ in items:
-            writer.array(name)[...] = array
+            writer.write(name, array)
         writer.seal(meta)
         writer.commit()
 
@@ -554,11 +554,9 @@ def test_zip64_tensor_over_4_gib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         specs = [TensorSpec("big", torch.uint8, (big,)), TensorSpec("after", torch.int64, (3,))]
         # preallocate=False keeps the file sparse (a build preallocates, so a full disk fails early)
         with CacheWriter(path, specs, preallocate=False) as writer:
-            array = writer.array("big")
-            array[:4] = [1, 2, 3, 4]
-            array[-4:] = [251, 252, 253, 254]
-            del array
-            writer.array("after")[...] = [7, -8, 2**40]
+            writer.write("big", [1, 2, 3, 4])
+            writer.write("big", [251, 252, 253, 254], first_row=big - 4)
+            writer.write("after", [7, -8, 2**40])
             writer.seal({"note": "zip64"})
             writer.commit()
         assert path.stat().st_size > 2**32

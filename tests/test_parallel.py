@@ -26,11 +26,17 @@ def _load(path: Path) -> dict:
     ],
 )
 def test_parallel_build_is_identical_to_single_worker(
-    lerobot_dataset: Callable[..., Path], tmp_path: Path, fields: dict
+    lerobot_dataset: Callable[..., Path], tmp_path: Path, fields: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Same tensors and same checksums with 1, 2 and 3 workers (units split long files at episode boundaries)."""
+    import bufconv.pipeline
+
+    pools = []
+    real_pool = bufconv.pipeline.WorkerPool
+    monkeypatch.setattr(bufconv.pipeline, "WorkerPool", lambda n: pools.append(n) or real_pool(n))
     dataset = lerobot_dataset(**fields)
     single = bufconv.build(dataset, tmp_path / "w1.pt", workers=1)
+    assert pools == []  # one worker: decoded in this process
     reference = _load(single.path)
     for workers in (2, 3):
         result = bufconv.build(dataset, tmp_path / f"w{workers}.pt", workers=workers)
@@ -40,6 +46,7 @@ def test_parallel_build_is_identical_to_single_worker(
             assert torch.equal(other["tensors"][name], tensor), name
         assert other["meta"]["tensors"] == reference["meta"]["tensors"]  # dtypes, shapes and checksums
         assert other["meta"]["fingerprint"] == reference["meta"]["fingerprint"]
+    assert pools == [2, 3]  # the other builds really ran worker processes
 
 
 def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]) -> None:
@@ -59,7 +66,7 @@ def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]
     lengths = [request.source.episodes[e].length for e in request.selection.episodes]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     timestamps = request.source.read_columns(request.selection.episodes, ["timestamp"])["timestamp"]
-    units = _plan(request, _Writer(), starts, timestamps)  # type: ignore[arg-type]
+    units = _plan(request, _Writer(), starts, timestamps, parallel=True)  # type: ignore[arg-type]
     for key in request.selection.image_keys:
         mine = [u for u in units if u.key == key]
         assert len(mine) > 1  # the single file was split

@@ -1,0 +1,144 @@
+"""A small pool of decoding processes, started as `python -m bufconv.workers`.
+
+multiprocessing's spawn and forkserver re-import the caller's main module in every worker, so a
+script calling `bufconv.build(workers=4)` without an `if __name__ == "__main__"` guard would
+start builds recursively; fork copies a process that may hold threads (torch, gRPC) and locks.
+These workers are plain subprocesses that import only bufconv's decoding code (no torch). The
+parent sends each a pickled unit over its stdin and reads a pickled result from its stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import selectors
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import DecodeError
+
+_HEADER = struct.Struct("<Q")
+
+
+def _send(stream: IO[bytes], obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("the other side closed the pipe")
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("the other side closed the pipe mid-message")
+    return pickle.loads(data)
+
+
+def serve() -> None:
+    """Worker main loop: run units from stdin until it closes, answer each on stdout."""
+    from .units import run_unit
+
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed must not corrupt the reply stream
+    while True:
+        try:
+            unit = _receive(requests)
+        except EOFError:
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", run_unit(unit))
+        except Exception as e:  # sent back whole: the parent re-raises it
+            reply = ("error", e)
+        _send(replies, reply)
+
+
+class _Worker:
+    def __init__(self) -> None:
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bufconv.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.unit: Any = None
+
+    def close(self, kill: bool) -> None:
+        if kill and self.process.poll() is None:
+            self.process.kill()
+        for stream in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):  # a killed worker's pipe
+                stream.close()
+        self.process.wait()
+
+
+class WorkerPool:
+    """Decoding processes, started as soon as the pool is made (they import while the parent prepares).
+
+    Use as a context manager; `run` may be called once. Leaving the block stops the workers
+    (killing them if a unit failed).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = [_Worker() for _ in range(max(1, workers))]
+        self._failed = False
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        for worker in self.workers:
+            worker.close(kill=self._failed or kind is not None)
+
+    def run(self, units: Sequence[Any], on_done: Callable[[Any, int], None] | None = None) -> None:
+        """Run `units` in order of the list (give the largest first); `on_done(unit, frames)` after each.
+
+        Raises:
+            The first error a unit raised, or DecodeError if a worker died.
+        """
+        pending = list(units)
+        selector = selectors.DefaultSelector()
+        self._failed = True
+        try:
+            for worker in self.workers:
+                if pending:
+                    worker.unit = pending.pop(0)
+                    _send(worker.stdin, worker.unit)
+                    selector.register(worker.stdout, selectors.EVENT_READ, worker)
+            busy = len(selector.get_map())
+            while busy:
+                for key, _ in selector.select():
+                    worker = key.data
+                    try:
+                        status, value = _receive(worker.stdout)
+                    except EOFError:
+                        raise DecodeError(
+                            f"a decoding worker died (exit status {worker.process.wait()}) while decoding "
+                            f"{getattr(worker.unit, 'path', worker.unit)}; retry with --workers 1 to see why"
+                        ) from None
+                    if status == "error":
+                        raise value
+                    if on_done is not None:
+                        on_done(worker.unit, value)
+                    if pending:
+                        worker.unit = pending.pop(0)
+                        _send(worker.stdin, worker.unit)
+                    else:
+                        selector.unregister(worker.stdout)
+                        busy -= 1
+            self._failed = False
+        finally:
+            selector.close()
+
+
+if __name__ == "__main__":
+    serve()
