@@ -75,9 +75,9 @@ class Target:
     def row_bytes(self) -> int:
         return math.prod(self.shape[1:]) * np.dtype(NUMPY_DTYPES[self.dtype]).itemsize
 
-    def sink(self) -> RowSink:
+    def sink(self, threaded: bool = True) -> RowSink:
         """A `RowSink` writing into this tensor (opens the file; close the sink when done)."""
-        return RowSink(self)
+        return RowSink(self, threaded=threaded)
 
 
 class RowSink:
@@ -87,11 +87,12 @@ class RowSink:
     of consecutive rows are written together). The frame is copied into a run buffer at once,
     so the caller's array can be freed and its memory reused; a background thread converts
     each full run to (C, H, W) and writes it, so the transposing copy and the kernel's copy run
-    on another core while the caller decodes. `close()` (or leaving the `with` block) writes
+    on another core while the caller decodes (`threaded=False` does it inline: for worker
+    processes, which already fill every core). `close()` (or leaving the `with` block) writes
     what is pending and waits; write errors surface there.
     """
 
-    def __init__(self, target: Target, stage_bytes: int = STAGE_BYTES) -> None:
+    def __init__(self, target: Target, stage_bytes: int = STAGE_BYTES, *, threaded: bool = True) -> None:
         self.target = target
         self.row_shape = tuple(target.shape[1:])
         self.row_bytes = target.row_bytes
@@ -101,13 +102,15 @@ class RowSink:
         self._stage = np.empty((self.rows_per_run, channels, height, width), dtype=dtype)
         # Three run buffers: one being filled, one being written, one spare.
         self._free: queue.Queue[np.ndarray] = queue.Queue()
-        for _ in range(3):
+        for _ in range(3 if threaded else 1):
             self._free.put(np.empty((self.rows_per_run, height, width, channels), dtype=dtype))
         self._runs: queue.Queue[tuple[np.ndarray, int, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self.fd = os.open(target.path, os.O_WRONLY)
-        self._thread = threading.Thread(target=self._write_loop, name="bufconv-writer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._write_loop, name="bufconv-writer", daemon=True)
+            self._thread.start()
         self._run: np.ndarray | None = None
         self._first = 0
         self._count = 0
@@ -138,31 +141,37 @@ class RowSink:
 
     def _flush(self) -> None:
         if self._run is not None:
-            self._runs.put((self._run, self._first, self._count))
+            item = (self._run, self._first, self._count)
             self._run = None
+            if self._thread is not None:
+                self._runs.put(item)
+            else:
+                self._write_run(*item)
 
     def _write_loop(self) -> None:
         while True:
             item = self._runs.get()
             if item is None:
                 return
-            run, first, count = item
-            try:
-                if self._error is None:
-                    stage = self._stage[:count]
-                    np.copyto(stage, run[:count].transpose(0, 3, 1, 2))  # one call per run: little GIL time
-                    offset = self.target.offset + first * self.row_bytes
-                    pwrite_all(self.fd, stage, offset)
-                    start_writeback(self.fd, offset, stage.nbytes)
-                    if self._hasher is not None and first == self._hashed_rows:
-                        self._hasher.update(stage)
-                        self._hashed_rows += count
-                    else:
-                        self._hasher = None
-            except BaseException as e:  # surfaced to the producer by put()/close()
-                self._error = e
-            finally:
-                self._free.put(run)
+            self._write_run(*item)
+
+    def _write_run(self, run: np.ndarray, first: int, count: int) -> None:
+        try:
+            if self._error is None:
+                stage = self._stage[:count]
+                np.copyto(stage, run[:count].transpose(0, 3, 1, 2))  # one call per run: little GIL time
+                offset = self.target.offset + first * self.row_bytes
+                pwrite_all(self.fd, stage, offset)
+                start_writeback(self.fd, offset, stage.nbytes)
+                if self._hasher is not None and first == self._hashed_rows:
+                    self._hasher.update(stage)
+                    self._hashed_rows += count
+                else:
+                    self._hasher = None
+        except BaseException as e:  # surfaced to the producer by put()/close()
+            self._error = e
+        finally:
+            self._free.put(run)
 
     def close(self, flush: bool = True) -> None:
         """Write what is pending (unless `flush` is false), stop the writer thread, close the file."""
@@ -171,8 +180,9 @@ class RowSink:
         if flush:
             self._flush()
         self._run = None
-        self._runs.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._runs.put(None)
+            self._thread.join()
         os.close(self.fd)
         self.fd = -1
         if flush and self._error is not None:

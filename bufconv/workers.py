@@ -16,6 +16,7 @@ import selectors
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -54,7 +55,8 @@ def serve() -> None:
         except EOFError:
             return
         try:
-            reply: tuple[str, Any] = ("ok", run_unit(unit))
+            # Inline writing: the pool's processes already keep every core busy.
+            reply: tuple[str, Any] = ("ok", run_unit(unit, threaded=False))
         except Exception as e:  # sent back whole: the parent re-raises it
             reply = ("error", e)
         _send(replies, reply)
@@ -73,12 +75,14 @@ class _Worker:
         self.unit: Any = None
 
     def close(self, kill: bool) -> None:
+        """Close the pipes (the worker exits on end of input) and reap it in the background:
+        waiting here would add the worker's interpreter shutdown to the build."""
         if kill and self.process.poll() is None:
             self.process.kill()
         for stream in (self.stdin, self.stdout):
             with contextlib.suppress(OSError):  # a killed worker's pipe
                 stream.close()
-        self.process.wait()
+        threading.Thread(target=self.process.wait, name="bufconv-reap-worker", daemon=True).start()
 
 
 class WorkerPool:

@@ -26,7 +26,6 @@ import glob
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -63,8 +62,45 @@ def _peak_mb() -> float:
     return _status_mb("VmHWM")
 
 
-def _children_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+class TreeRss:
+    """Samples the RSS of this process plus all its descendants (decoding workers) every 10 ms.
+
+    ru_maxrss of children is useless here: a child started by fork+exec inherits the parent's
+    peak, so a 90 MB worker reports the 600 MB of the process that started it.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _tree_mb(pid: int) -> float:
+        total = 0.0
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    for child in f.read().split():
+                        total += TreeRss._tree_mb(int(child))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._tree_mb(os.getpid()))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def _timed(fn: Any, repeat: int) -> list[float]:
@@ -88,20 +124,29 @@ def measure(name: str, dataset: str, cache: str, workers: int) -> dict[str, Any]
 
         baseline = _rss_mb()
         files = sorted(glob.glob(os.path.join(dataset, "videos", "**", "*.mp4"), recursive=True))
-        start = time.perf_counter()
-        frames = 0
-        for path in files:
-            with av.open(path) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                for frame in container.decode(stream):
-                    frame.to_ndarray(format="rgb24")
-                    frames += 1
-        out.update(seconds=time.perf_counter() - start, frames=frames, files=len(files))
+        for label, threads in (("default_threads", 0), ("one_thread", 1)):
+            start = time.perf_counter()
+            frames = 0
+            for path in files:
+                with av.open(path) as container:
+                    stream = container.streams.video[0]
+                    stream.thread_type = "AUTO"
+                    stream.codec_context.thread_count = threads
+                    for frame in container.decode(stream):
+                        frame.to_ndarray(format="rgb24")
+                        frames += 1
+            out[f"seconds_{label}"] = time.perf_counter() - start
+        # The floor: the faster of FFmpeg's default threading and one thread (faster for small frames).
+        out.update(
+            seconds=min(out["seconds_default_threads"], out["seconds_one_thread"]),
+            frames=frames,
+            files=len(files),
+        )
     elif name.startswith("build"):
         import bufconv
 
         baseline = _rss_mb()
+        tree = TreeRss()
         progress = name.endswith("progress")
         result = bufconv.build(dataset, cache, image_range=1, workers=workers, force=True, progress=progress)
         out.update(
@@ -109,7 +154,7 @@ def measure(name: str, dataset: str, cache: str, workers: int) -> dict[str, Any]
             frames=result.frames,
             file_bytes=result.file_bytes,
             payload_bytes=result.payload_bytes,
-            children_peak_mb=_children_peak_mb(),
+            tree_peak_above_baseline_mb=tree.stop() - baseline,
         )
     elif name == "warm":
         import bufconv
@@ -295,6 +340,9 @@ def main() -> None:
         action="store_true",
         help="skip LeRobot's conversion (it needs ~1.8 GB per 1,000 frames)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each build/decode measurement (median reported)"
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -322,106 +370,131 @@ def main() -> None:
     if not args.no_lerobot:
         names.insert(0, "lerobot")
     for name in names:
-        results[name] = run_measurement(name, args, dataset, cache, cores if name == "build_all" else 1)
+        repeat = args.repeat if name in ("floor", "build_1", "build_1_progress", "build_all") else 1
+        runs = [
+            run_measurement(name, args, dataset, cache, cores if name == "build_all" else 1)
+            for _ in range(repeat)
+        ]
+        runs.sort(key=lambda r: r["seconds"])
+        results[name] = {**runs[len(runs) // 2], "runs_seconds": [r["seconds"] for r in runs]}
 
-    payload_mb = results["build_1"]["payload_bytes"] / 1e6
-    file_mb = results["build_1"]["file_bytes"] / 1e6
-    frames = results["build_1"]["frames"]
-    ratios: dict[str, float | None] = {
-        "build_1 / floor": results["build_1"]["seconds"] / results["floor"]["seconds"],
-        "build_all / floor": results["build_all"]["seconds"] / results["floor"]["seconds"],
-        "build_1 with progress / quiet": results["build_1_progress"]["seconds"]
-        / results["build_1"]["seconds"],
-        "build peak RSS above baseline / uint8 payload": results["build_1"]["peak_above_baseline_mb"]
+    report = summarize(results, cores)
+    path = args.json or args.workdir / f"bench-{report['frames']}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
+
+
+def summarize(results: dict[str, Any], cores: int) -> dict[str, Any]:
+    """Print the table of results and ratios; return everything as one JSON-able dict."""
+    build_1, build_all, floor, sample = (
+        results["build_1"],
+        results["build_all"],
+        results["floor"],
+        results["sample"],
+    )
+    lerobot = results.get("lerobot")
+    payload_mb, file_mb = build_1["payload_bytes"] / 1e6, build_1["file_bytes"] / 1e6
+    ratios: dict[str, float] = {
+        "build 1 worker / decode floor": build_1["seconds"] / floor["seconds"],
+        "build 1 worker / decode floor with FFmpeg's default threads": build_1["seconds"]
+        / floor["seconds_default_threads"],
+        f"build {cores} workers / decode floor": build_all["seconds"] / floor["seconds"],
+        "build 1 worker with progress bar / quiet": results["build_1_progress"]["seconds"]
+        / build_1["seconds"],
+        "build 1 worker peak RSS above baseline / uint8 payload": build_1["peak_above_baseline_mb"]
+        / payload_mb,
+        f"build {cores} workers peak RSS, all processes / uint8 payload": build_all[
+            "tree_peak_above_baseline_mb"
+        ]
         / payload_mb,
         "cache file / uint8 payload": file_mb / payload_mb,
+        "bytes to the device per batch: float32 / uint8": 4.0,
     }
-    if "lerobot" in results:
-        lr = results["lerobot"]
+    if lerobot is not None:
         ratios.update(
             {
-                "LeRobot / build_1 (speed-up)": lr["seconds"] / results["build_1"]["seconds"],
-                "LeRobot / build_all (speed-up)": lr["seconds"] / results["build_all"]["seconds"],
-                "build_1 peak RSS / LeRobot peak RSS": results["build_1"]["peak_above_baseline_mb"]
-                / lr["peak_above_baseline_mb"],
-                "sample f32 DrQ: bufconv / LeRobot": results["sample"]["float32_drq1_ms"]
-                / lr["sample_float32_drq1_ms"],
-                "sample f32 no DrQ: bufconv / LeRobot": results["sample"]["float32_drq0_ms"]
-                / lr["sample_float32_drq0_ms"],
-                "sample uint8 host work: LeRobot f32 / bufconv (x cheaper)": lr["sample_float32_drq0_ms"]
-                / results["sample"]["uint8_drq0_ms"],
+                "LeRobot conversion / build 1 worker (speed-up)": lerobot["seconds"] / build_1["seconds"],
+                f"LeRobot conversion / build {cores} workers (speed-up)": lerobot["seconds"]
+                / build_all["seconds"],
+                "build 1 worker peak RSS / LeRobot peak RSS": build_1["peak_above_baseline_mb"]
+                / lerobot["peak_above_baseline_mb"],
+                "sample f32 with DrQ: bufconv / LeRobot (time)": sample["float32_drq1_ms"]
+                / lerobot["sample_float32_drq1_ms"],
+                "sample f32 without DrQ: bufconv / LeRobot (time)": sample["float32_drq0_ms"]
+                / lerobot["sample_float32_drq0_ms"],
+                "GPU learner host work: LeRobot f32 gather / bufconv uint8 gather": lerobot[
+                    "sample_float32_drq0_ms"
+                ]
+                / sample["uint8_drq0_ms"],
             }
         )
-    float_bytes = results["sample"]["uint8_batch_bytes"] * 4
-    ratios["bytes to device: float32 / uint8"] = float_bytes / results["sample"]["uint8_batch_bytes"]
 
-    print()
-    print(f"{frames:,} frames, uint8 payload {payload_mb:,.1f} MB, cache file {file_mb:,.1f} MB")
-    rows = [
-        (
-            "LeRobot from_lerobot_dataset",
-            results.get("lerobot", {}).get("seconds"),
-            results.get("lerobot", {}).get("peak_above_baseline_mb"),
-        ),
-        (
-            "decode floor (PyAV, 1 process)",
-            results["floor"]["seconds"],
-            results["floor"]["peak_above_baseline_mb"],
-        ),
-        (
-            "bufconv build, 1 worker",
-            results["build_1"]["seconds"],
-            results["build_1"]["peak_above_baseline_mb"],
-        ),
-        (
-            "bufconv build, 1 worker + progress",
-            results["build_1_progress"]["seconds"],
-            results["build_1_progress"]["peak_above_baseline_mb"],
-        ),
-        (
-            f"bufconv build, {cores} workers",
-            results["build_all"]["seconds"],
-            results["build_all"]["peak_above_baseline_mb"],
-        ),
-        (
-            "bufconv warm start (hit + 1st sample)",
-            results["warm"]["seconds"],
-            results["warm"]["peak_above_baseline_mb"],
-        ),
-    ]
-    print(f"{'':40} {'seconds':>9} {'peak RSS above baseline':>24}")
-    for label, seconds, rss in rows:
-        print(
-            f"{label:40} {'-' if seconds is None else f'{seconds:9.2f}':>9} {'-' if rss is None else f'{rss:20.1f} MB':>24}"
-        )
-    s = results["sample"]
-    print(f"\nsample({BATCH}) median ms       bufconv f32   bufconv uint8   LeRobot f32")
+    def row(label: str, seconds: float | None, rss: float | None) -> None:
+        cell_s = "-" if seconds is None else f"{seconds:.2f}"
+        cell_m = "-" if rss is None else f"{rss:,.0f} MB"
+        print(f"  {label:52} {cell_s:>9} {cell_m:>16}")
+
+    print(
+        f"\n{build_1['frames']:,} frames, uint8 payload {payload_mb:,.1f} MB, cache file {file_mb:,.1f} MB, {cores} cores"
+    )
+    print(f"  {'':52} {'seconds':>9} {'peak RSS +':>16}")
+    row(
+        "LeRobot ReplayBuffer.from_lerobot_dataset",
+        lerobot and lerobot["seconds"],
+        lerobot and lerobot["peak_above_baseline_mb"],
+    )
+    row(
+        "decode floor: PyAV, each file once, to rgb24 (best)",
+        floor["seconds"],
+        floor["peak_above_baseline_mb"],
+    )
+    row("  ... with FFmpeg's default threads", floor["seconds_default_threads"], None)
+    row("  ... with one decoder thread", floor["seconds_one_thread"], None)
+    row("bufconv build, 1 worker", build_1["seconds"], build_1["peak_above_baseline_mb"])
+    row(
+        "bufconv build, 1 worker, progress bar",
+        results["build_1_progress"]["seconds"],
+        results["build_1_progress"]["peak_above_baseline_mb"],
+    )
+    row(
+        f"bufconv build, {cores} workers (RSS of all processes)",
+        build_all["seconds"],
+        build_all["tree_peak_above_baseline_mb"],
+    )
+    row(
+        "bufconv warm start: load_or_build hit + first sample",
+        results["warm"]["seconds"],
+        results["warm"]["peak_above_baseline_mb"],
+    )
+    print(f"\n  sample({BATCH}), median ms            bufconv f32   bufconv uint8   LeRobot f32")
     for drq in (1, 0):
-        lr_ms = results.get("lerobot", {}).get(f"sample_float32_drq{drq}_ms")
+        theirs = lerobot and lerobot[f"sample_float32_drq{drq}_ms"]
+        cell = "-" if theirs is None else f"{theirs:.1f}"
         print(
-            f"  DrQ {'on ' if drq else 'off'}                    {s[f'float32_drq{drq}_ms']:10.1f}   {s[f'uint8_drq{drq}_ms']:12.1f}   {'-' if lr_ms is None else f'{lr_ms:10.1f}'}"
+            f"  DrQ {'on ' if drq else 'off'}                            {sample[f'float32_drq{drq}_ms']:10.1f}   {sample[f'uint8_drq{drq}_ms']:12.1f}   {cell:>11}"
         )
     it = results["iterator"]
     print(
-        f"\nasync iterator, update as long as sampling ({it['sample_ms']:.1f} ms): wait per step "
-        f"{it['wait_sleep_ms']:.2f} ms (GPU-like update, p90 {it['wait_sleep_p90_ms']:.2f}), "
-        f"{it['wait_compute_ms']:.2f} ms (CPU-bound update, p90 {it['wait_compute_p90_ms']:.2f})"
+        f"\n  async iterator, learner update as long as one sample ({it['sample_ms']:.0f} ms): wait per step "
+        f"{it['wait_sleep_ms']:.1f} ms (p90 {it['wait_sleep_p90_ms']:.1f}) with a GPU-like update, "
+        f"{it['wait_compute_ms']:.1f} ms (p90 {it['wait_compute_p90_ms']:.1f}) with a CPU-bound one"
     )
-    print("\nratios")
+    print("\n  ratios")
     for label, value in ratios.items():
-        print(f"  {label:58} {'-' if value is None else f'{value:8.2f}'}")
-    report = {
-        "frames": frames,
+        print(f"    {label:66} {value:8.2f}")
+    return {
+        "frames": build_1["frames"],
         "cores": cores,
         "payload_mb": payload_mb,
         "file_mb": file_mb,
         "results": results,
         "ratios": ratios,
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor(),
+        },
     }
-    path = args.json or args.workdir / f"bench-{frames}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

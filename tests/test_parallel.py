@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import bufconv
-
 
 def _load(path: Path) -> dict:
     return torch.load(path, weights_only=True, mmap=True)
