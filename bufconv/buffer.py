@@ -12,8 +12,9 @@ a bounded ring next to the read-only dataset part, range-checked and stored as u
 
 from __future__ import annotations
 
-import queue
+import atexit
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,40 +240,57 @@ class OfflineBuffer:
         queue_size: int = 2,
         *,
         image_dtype: torch.dtype = torch.float32,
+        threads: int = 1,
     ) -> Iterator[BatchTransition]:
-        """An endless iterator of batches; with `async_prefetch`, a thread samples ahead of the learner."""
+        """An endless iterator of batches (LeRobot's signature).
+
+        With `async_prefetch`, `threads` background threads sample ahead of the learner, at most
+        `queue_size` batches beyond those being made (more threads help only when cores are
+        idle while the learner updates, e.g. a GPU learner whose batches stay on the CPU).
+        Batches come out in a fixed order, and batch k is drawn from its own generator seeded
+        from the buffer's generator, so the sequence is the same for the same seed however the
+        threads are scheduled.
+        """
         if not async_prefetch:
             while True:
                 yield self.sample(batch_size, image_dtype=image_dtype)
-        batches: queue.Queue[BatchTransition | BaseException] = queue.Queue(maxsize=queue_size)
-        stop = threading.Event()
+        base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        state = _Prefetch(queue_size + max(1, threads))
 
         def produce() -> None:
-            while not stop.is_set():
-                try:
-                    item: BatchTransition | BaseException = self.sample(batch_size, image_dtype=image_dtype)
-                except BaseException as e:  # hand the error to the consumer instead of dying silently
-                    item = e
-                while not stop.is_set():
-                    try:
-                        batches.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if isinstance(item, BaseException):
-                    return
-
-        thread = threading.Thread(target=produce, name="bufconv-prefetch", daemon=True)
-        thread.start()
-        try:
             while True:
-                item = batches.get()
+                k = state.claim()
+                if k is None:
+                    return
+                try:
+                    generator = torch.Generator().manual_seed(base + k)
+                    item: BatchTransition | BaseException = self.sample(
+                        batch_size, image_dtype=image_dtype, generator=generator
+                    )
+                except BaseException as e:  # handed to the consumer instead of dying silently
+                    item = e
+                state.deliver(k, item)
+
+        workers = [
+            threading.Thread(target=produce, name=f"bufconv-prefetch-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+        for worker in workers:
+            worker.start()
+        _running.add(state)
+        try:
+            k = 0
+            while True:
+                item = state.take(k)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+                k += 1
         finally:
-            stop.set()
-            thread.join(timeout=5)
+            state.stop()
+            _running.discard(state)
+            for worker in workers:
+                worker.join(timeout=5)
 
     def _batch(
         self,
@@ -345,7 +363,7 @@ class OfflineBuffer:
         from_ring = index >= n
         any_ring = bool(from_ring.any())
         data_rows = (index[~from_ring] if any_ring else index).to(self.storage_device)
-        next_rows = self._next_index.index_select(0, data_rows)
+        next_rows = _rows(self._next_index, data_rows)
         ring = self._ring
         # Added transitions are numbered oldest first, as LeRobot numbers its ring.
         ring_rows = ((index[from_ring] - n + ring.position - ring.size) % ring.capacity).to(
@@ -353,9 +371,9 @@ class OfflineBuffer:
         )
 
         def pick(dataset: torch.Tensor, ring_name: str, rows: torch.Tensor) -> torch.Tensor:
-            part = dataset.index_select(0, rows)
+            part = _rows(dataset, rows)
             if any_ring:
-                extra = ring.tensors[ring_name].index_select(0, ring_rows)
+                extra = _rows(ring.tensors[ring_name], ring_rows)
                 part = _merge(part, extra.to(part.dtype), from_ring)
             return part
 
@@ -463,6 +481,70 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+class _Prefetch:
+    """Bookkeeping of the prefetch threads: which batch to make next, and the made ones, in order."""
+
+    def __init__(self, ahead: int) -> None:
+        self.ahead = ahead
+        self.claimed = 0  # batches handed to producers
+        self.taken = 0  # batches handed to the consumer
+        self.ready: dict[int, Any] = {}
+        self.stopped = False
+        self.cond = threading.Condition()
+
+    def claim(self) -> int | None:
+        """The next batch number to make, once fewer than `ahead` are pending; None when stopped."""
+        with self.cond:
+            while not self.stopped and self.claimed - self.taken >= self.ahead:
+                self.cond.wait()
+            if self.stopped:
+                return None
+            self.claimed += 1
+            return self.claimed - 1
+
+    def deliver(self, k: int, item: Any) -> None:
+        with self.cond:
+            self.ready[k] = item
+            self.cond.notify_all()
+
+    def take(self, k: int) -> Any:
+        with self.cond:
+            while k not in self.ready:
+                self.cond.wait()
+            self.taken = k + 1
+            self.cond.notify_all()
+            return self.ready.pop(k)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.ready.clear()
+            self.cond.notify_all()
+
+
+#: Prefetching iterators alive: stopped at interpreter exit, so no producer is killed inside a
+#: torch kernel (which aborts the process: "terminate called without an active exception").
+_running: weakref.WeakSet[_Prefetch] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_prefetching() -> None:
+    for state in list(_running):
+        state.stop()
+
+
+def _rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`tensor[rows]`, by the fastest kernel for the calling thread.
+
+    Measured (torch 2.11, 2 intra-op threads, 256 rows of 3x128x128 uint8): index_select takes
+    1.3 ms on the main thread but 18 ms on any other (the async iterator's producer), where
+    advanced indexing takes 3.4 ms on both.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return tensor.index_select(0, rows)
+    return tensor[rows]
 
 
 def _merge(data_part: torch.Tensor, ring_part: torch.Tensor, from_ring: torch.Tensor) -> torch.Tensor:

@@ -333,7 +333,7 @@ def _check_batch(batch: dict, batch_size: int) -> None:
 
 
 def _prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "bufconv-prefetch"]
+    return [t for t in threading.enumerate() if t.name.startswith("bufconv-prefetch")]
 
 
 @pytest.mark.parametrize("async_prefetch", [True, False])
