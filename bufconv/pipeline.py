@@ -359,7 +359,7 @@ def _write_with(
         units = _plan(request, writer, starts, columns["timestamp"], parallel=pool is not None)
         checksums: dict[str, str] = {}
         if pool is not None:
-            pool.run(units, (lambda _unit, n: progress(n)) if progress else None)
+            pool.run(units, run_unit, (lambda _unit, n: progress(n)) if progress else None)
         else:
             checksums = _run_in_process(units, progress)
         writer.seal(meta, checksums)

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -55,8 +56,7 @@ def serve() -> None:
         except EOFError:
             return
         try:
-            # Inline writing: the pool's processes already keep every core busy.
-            reply: tuple[str, Any] = ("ok", run_unit(unit, threaded=False))
+            reply: tuple[str, Any] = ("ok", run_unit(unit))
         except Exception as e:  # sent back whole: the parent re-raises it
             reply = ("error", e)
         _send(replies, reply)
@@ -90,10 +90,14 @@ class WorkerPool:
 
     Use as a context manager; `run` may be called once. Leaving the block stops the workers
     (killing them if a unit failed).
+
+    Args:
+        workers: Decoders in all. The calling process is one of them (it decodes too, while a
+            thread serves the others), so `workers - 1` processes are started.
     """
 
     def __init__(self, workers: int) -> None:
-        self.workers = [_Worker() for _ in range(max(1, workers))]
+        self.workers = [_Worker() for _ in range(max(1, workers) - 1)]
         self._failed = False
 
     def __enter__(self) -> WorkerPool:
@@ -103,20 +107,63 @@ class WorkerPool:
         for worker in self.workers:
             worker.close(kill=self._failed or kind is not None)
 
-    def run(self, units: Sequence[Any], on_done: Callable[[Any, int], None] | None = None) -> None:
-        """Run `units` in order of the list (give the largest first); `on_done(unit, frames)` after each.
+    def run(
+        self,
+        units: Sequence[Any],
+        local: Callable[[Any], int],
+        on_done: Callable[[Any, int], None] | None = None,
+    ) -> None:
+        """Run `units` (give the largest first): here with `local(unit)`, and in the worker processes.
+
+        `on_done(unit, frames)` is called after each unit, from either thread, one at a time.
 
         Raises:
             The first error a unit raised, or DecodeError if a worker died.
         """
-        pending = list(units)
-        selector = selectors.DefaultSelector()
+        pending = deque(units)
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def take() -> Any:
+            with lock:
+                return pending.popleft() if pending and not errors else None
+
+        def done(unit: Any, frames: int) -> None:
+            if on_done is not None:
+                with lock:
+                    on_done(unit, frames)
+
         self._failed = True
+        server = threading.Thread(
+            target=self._serve, args=(take, done, errors), name="bufconv-pool", daemon=True
+        )
+        server.start()
+        try:
+            while (unit := take()) is not None:
+                done(unit, local(unit))
+        except BaseException as e:
+            errors.append(e)
+            for worker in self.workers:  # stop the others now, not after their units: their pipes
+                if worker.process.poll() is None:  # then end, which wakes the serving thread
+                    worker.process.kill()
+            raise
+        finally:
+            server.join()
+        if errors:
+            raise errors[0]
+        self._failed = False
+
+    def _serve(
+        self, take: Callable[[], Any], done: Callable[[Any, int], None], errors: list[BaseException]
+    ) -> None:
+        """Feed the worker processes units until none are left (runs in a thread)."""
+        selector = selectors.DefaultSelector()
         try:
             for worker in self.workers:
-                if pending:
-                    worker.unit = pending.pop(0)
-                    _send(worker.stdin, worker.unit)
+                unit = take()
+                if unit is not None:
+                    worker.unit = unit
+                    _send(worker.stdin, unit)
                     selector.register(worker.stdout, selectors.EVENT_READ, worker)
             busy = len(selector.get_map())
             while busy:
@@ -124,22 +171,28 @@ class WorkerPool:
                     worker = key.data
                     try:
                         status, value = _receive(worker.stdout)
-                    except EOFError:
-                        raise DecodeError(
-                            f"a decoding worker died (exit status {worker.process.wait()}) while decoding "
-                            f"{getattr(worker.unit, 'path', worker.unit)}; retry with --workers 1 to see why"
-                        ) from None
+                    except (EOFError, OSError, ValueError):  # died, or killed because the parent failed
+                        if not errors:
+                            errors.append(
+                                DecodeError(
+                                    f"a decoding worker died (exit status {worker.process.wait()}) while decoding "
+                                    f"{getattr(worker.unit, 'path', worker.unit)}; retry with --workers 1 to see why"
+                                )
+                            )
+                        return
                     if status == "error":
-                        raise value
-                    if on_done is not None:
-                        on_done(worker.unit, value)
-                    if pending:
-                        worker.unit = pending.pop(0)
-                        _send(worker.stdin, worker.unit)
+                        errors.append(value)
+                        return
+                    done(worker.unit, value)
+                    unit = take()
+                    if unit is not None:
+                        worker.unit = unit
+                        _send(worker.stdin, unit)
                     else:
                         selector.unregister(worker.stdout)
                         busy -= 1
-            self._failed = False
+        except BaseException as e:  # surfaced by run()
+            errors.append(e)
         finally:
             selector.close()
 

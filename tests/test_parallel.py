@@ -70,3 +70,45 @@ def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]
         assert len(mine) > 1  # the single file was split
         rows = np.concatenate([job.rows for u in mine for job in u.jobs])
         assert sorted(rows.tolist()) == list(range(sum(lengths)))
+
+
+def _bad_unit(tmp_path: Path, name: str):
+    import numpy as np
+
+    from bufconv.sink import Target
+    from bufconv.units import VideoUnit
+    from bufconv.video import FrameJob
+
+    target = Target(str(tmp_path / "out.bin"), 0, "uint8", (1, 3, 4, 4))
+    (tmp_path / "out.bin").write_bytes(b"\0" * 48)
+    job = FrameJob(0, np.array([0]), np.array([0.0]))
+    return VideoUnit("observation.images.x", tmp_path / f"{name}.mp4", (job,), target, 1e-4, 1)
+
+
+def test_an_error_in_a_worker_process_reaches_the_caller(tmp_path: Path) -> None:
+    """A unit failing in the worker process is raised here, with its message (not a hang, not a generic error)."""
+    import time
+
+    from bufconv.errors import DecodeError
+    from bufconv.workers import WorkerPool
+
+    units = [_bad_unit(tmp_path, "local"), _bad_unit(tmp_path, "remote")]
+
+    def slow_local(unit: object) -> int:
+        time.sleep(1.0)  # leave the second unit to the worker process
+        return 0
+
+    with WorkerPool(2) as pool, pytest.raises(DecodeError, match="remote.mp4"):
+        pool.run(units, slow_local)
+
+
+def test_an_error_here_stops_the_worker_processes(tmp_path: Path) -> None:
+    """A unit failing in this process stops the pool at once and is raised (no hang waiting on workers)."""
+    from bufconv.errors import DecodeError
+    from bufconv.units import run_unit
+    from bufconv.workers import WorkerPool
+
+    units = [_bad_unit(tmp_path, f"u{i}") for i in range(4)]
+    with WorkerPool(2) as pool, pytest.raises(DecodeError, match=r"u\d.mp4"):
+        pool.run(units, run_unit)
+    assert all(worker.process.wait(timeout=10) is not None for worker in pool.workers)
