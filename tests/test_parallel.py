@@ -92,14 +92,19 @@ def test_an_error_in_a_worker_process_reaches_the_caller(tmp_path: Path) -> None
     from bufconv.errors import DecodeError
     from bufconv.workers import WorkerPool
 
-    units = [_bad_unit(tmp_path, "local"), _bad_unit(tmp_path, "remote")]
+    units = [_bad_unit(tmp_path, "first"), _bad_unit(tmp_path, "second")]
+    taken_here = []
 
     def slow_local(unit: object) -> int:
-        time.sleep(1.0)  # leave the second unit to the worker process
+        taken_here.append(unit)
+        time.sleep(1.0)  # the other unit goes to the worker process and fails there
         return 0
 
-    with WorkerPool(2) as pool, pytest.raises(DecodeError, match="remote.mp4"):
+    with WorkerPool(2) as pool, pytest.raises(DecodeError) as raised:
         pool.run(units, slow_local)
+    assert len(taken_here) == 1
+    other = next(u for u in units if u is not taken_here[0])
+    assert str(other.path) in str(raised.value)
 
 
 def test_an_error_here_stops_the_worker_processes(tmp_path: Path) -> None:
