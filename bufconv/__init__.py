@@ -32,7 +32,7 @@ _EXPORTS = {
     "range_problem": "bufconv.ranges",
     "guard_encoder": "bufconv.ranges",
     "preprocess_observation": "bufconv.ranges",
-    "open_dataset": "bufconv.dataset",
+    "open_dataset": "bufconv.layouts",
     "BufconvError": "bufconv.errors",
     "DatasetError": "bufconv.errors",
     "UnsupportedVersionError": "bufconv.errors",
@@ -75,7 +75,6 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
 
 if TYPE_CHECKING:
     from .buffer import BatchTransition, OfflineBuffer
-    from .dataset import open_dataset
     from .errors import (
         BufconvError,
         CacheError,
@@ -87,6 +86,7 @@ if TYPE_CHECKING:
         StaleCacheError,
         UnsupportedVersionError,
     )
+    from .layouts import open_dataset
     from .loader import load_or_build, open_buffer
     from .options import BuildOptions
     from .pipeline import BuildResult, build

@@ -12,9 +12,7 @@ a bounded ring next to the read-only dataset part, range-checked and stored as u
 
 from __future__ import annotations
 
-import atexit
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,9 @@ import numpy as np
 import torch
 
 from .cache import CacheFile
+from .drq import draw_shifts, random_shift
 from .errors import BufconvError
+from .prefetch import prefetched
 from .ranges import check_range, from_uint8, to_uint8
 from .recycle import OutputPool
 
@@ -32,7 +32,6 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover - Python 3.10
     from typing_extensions import NotRequired, TypedDict
 
-DRQ_PAD = 4  # LeRobot's default random-shift padding
 DEFAULT_CAPACITY = 100_000  # LeRobot's default offline_buffer_capacity
 _COMPLEMENTARY = "complementary_info."
 
@@ -47,37 +46,6 @@ class BatchTransition(TypedDict):
     done: torch.Tensor
     truncated: torch.Tensor
     complementary_info: NotRequired[dict[str, torch.Tensor] | None]
-
-
-def random_shift(
-    images: torch.Tensor,
-    shifts: torch.Tensor,
-    pad: int = DRQ_PAD,
-    empty: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """DrQ's random shift: pad by replicating the border, crop back at per-image offsets.
-
-    Equal to LeRobot's `random_shift` (pad `pad`, replicate, random crop) for the same
-    offsets, computed as a clamped gather so it works on uint8 and never materialises the pad.
-
-    Args:
-        images: (B, C, H, W), any dtype.
-        shifts: int64 (B, 2): per image (dy, dx) in [0, 2 * pad].
-        empty: Allocator for the intermediate and the result (`empty(shape, dtype)`).
-    """
-    b, c, h, w = images.shape
-    device = images.device
-    rows = (torch.arange(h, device=device)[None, :] + shifts[:, :1] - pad).clamp_(0, h - 1)
-    cols = (torch.arange(w, device=device)[None, :] + shifts[:, 1:] - pad).clamp_(0, w - 1)
-    shape = (b, c, h, w)
-    by_rows = (
-        images.gather(2, rows[:, None, :, None].expand(shape))
-        if empty is None
-        else torch.gather(images, 2, rows[:, None, :, None].expand(shape), out=empty(shape, images.dtype))
-    )
-    if empty is None:
-        return by_rows.gather(3, cols[:, None, None, :].expand(shape))
-    return torch.gather(by_rows, 3, cols[:, None, None, :].expand(shape), out=empty(shape, images.dtype))
 
 
 class _Ring:
@@ -256,42 +224,12 @@ class OfflineBuffer:
             while True:
                 yield self.sample(batch_size, image_dtype=image_dtype)
         base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        state = _Prefetch(queue_size + max(1, threads))
 
-        def produce() -> None:
-            while True:
-                k = state.claim()
-                if k is None:
-                    return
-                try:
-                    generator = torch.Generator().manual_seed(base + k)
-                    item: BatchTransition | BaseException = self.sample(
-                        batch_size, image_dtype=image_dtype, generator=generator
-                    )
-                except BaseException as e:  # handed to the consumer instead of dying silently
-                    item = e
-                state.deliver(k, item)
+        def make(k: int) -> BatchTransition:
+            generator = torch.Generator().manual_seed(base + k)
+            return self.sample(batch_size, image_dtype=image_dtype, generator=generator)
 
-        workers = [
-            threading.Thread(target=produce, name=f"bufconv-prefetch-{i}", daemon=True)
-            for i in range(max(1, threads))
-        ]
-        for worker in workers:
-            worker.start()
-        _running.add(state)
-        try:
-            k = 0
-            while True:
-                item = state.take(k)
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                k += 1
-        finally:
-            state.stop()
-            _running.discard(state)
-            for worker in workers:
-                worker.join(timeout=5)
+        yield from prefetched(make, ahead=queue_size + max(1, threads), threads=max(1, threads))
 
     def _batch(
         self,
@@ -306,7 +244,10 @@ class OfflineBuffer:
             rows = self._gather(index)
         if augment and self.image_augmentation_function is None:
             shifts = {
-                key: (self._shifts(len(index), generator), self._shifts(len(index), generator))
+                key: (
+                    draw_shifts(len(index), generator, self.device),
+                    draw_shifts(len(index), generator, self.device),
+                )
                 for key in self.ranges
             }
         state: dict[str, torch.Tensor] = {}
@@ -393,10 +334,6 @@ class OfflineBuffer:
             out[f"complementary_info/{short}"] = pick(column, f"complementary_info/{short}", data_rows)
         return out
 
-    def _shifts(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        shifts = torch.randint(0, 2 * DRQ_PAD + 1, (count, 2), generator=generator)
-        return shifts.to(self.device, non_blocking=True)
-
     # ---- writing ------------------------------------------------------------------------------
 
     def add(
@@ -482,58 +419,6 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-class _Prefetch:
-    """Bookkeeping of the prefetch threads: which batch to make next, and the made ones, in order."""
-
-    def __init__(self, ahead: int) -> None:
-        self.ahead = ahead
-        self.claimed = 0  # batches handed to producers
-        self.taken = 0  # batches handed to the consumer
-        self.ready: dict[int, Any] = {}
-        self.stopped = False
-        self.cond = threading.Condition()
-
-    def claim(self) -> int | None:
-        """The next batch number to make, once fewer than `ahead` are pending; None when stopped."""
-        with self.cond:
-            while not self.stopped and self.claimed - self.taken >= self.ahead:
-                self.cond.wait()
-            if self.stopped:
-                return None
-            self.claimed += 1
-            return self.claimed - 1
-
-    def deliver(self, k: int, item: Any) -> None:
-        with self.cond:
-            self.ready[k] = item
-            self.cond.notify_all()
-
-    def take(self, k: int) -> Any:
-        with self.cond:
-            while k not in self.ready:
-                self.cond.wait()
-            self.taken = k + 1
-            self.cond.notify_all()
-            return self.ready.pop(k)
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.ready.clear()
-            self.cond.notify_all()
-
-
-#: Prefetching iterators alive: stopped at interpreter exit, so no producer is killed inside a
-#: torch kernel (which aborts the process: "terminate called without an active exception").
-_running: weakref.WeakSet[_Prefetch] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_prefetching() -> None:
-    for state in list(_running):
-        state.stop()
 
 
 def _rows(tensor: torch.Tensor, rows: torch.Tensor, pool: OutputPool | None = None) -> torch.Tensor:

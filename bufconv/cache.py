@@ -1,4 +1,4 @@
-"""The cache file (`offline_buffer.pt`, format version 1): writing, reading, checking, locking.
+"""The cache file (`offline_buffer.pt`, format version 1): its format, and reading and checking it.
 
 Format summary (the full specification is docs/format.md):
 
@@ -8,8 +8,7 @@ Format summary (the full specification is docs/format.md):
 - The archive comment, the file's last bytes, holds an xxh3-128 digest of every byte that is
   not tensor payload (headers, pickle, directory): with the tensor checksums, every byte of
   the file is covered.
-- Written to a temporary file in the destination folder, fsynced, then renamed over the
-  destination; builders of one path are serialised by a lock file next to it.
+- Written by `cache_writer.CacheWriter`, under the lock of `lock.locked`.
 
 Reading checks from cheap to expensive and stops at the first failure: the zip structure, the
 integrity digest, safe unpickling, the format name and version, internal consistency, and
@@ -18,36 +17,23 @@ integrity digest, safe unpickling, the format name and version, internal consist
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
-import mmap
 import os
 import pickle
-import secrets
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import xxhash
 
 from . import errors as E
-from .archive import ArchiveError, ArchiveWriter, Layout, pickle_tree, read_layout
-from .errors import CacheError, InvalidCacheError, LockTimeoutError, Problem
-from .sink import NUMPY_DTYPES, Target, pwrite_all
+from .archive import ArchiveError, Layout, read_layout
+from .checksum import CHECKSUM, INTEGRITY_PREFIX, checksum_spans
+from .errors import InvalidCacheError, Problem
+from .sink import NUMPY_DTYPES
 
 FORMAT = "bufconv.offline_buffer"
 FORMAT_VERSION = 1
-CHECKSUM = "xxh3_128"
-_INTEGRITY_PREFIX = b"bufconv.offline_buffer integrity xxh3_128:"
-_INTEGRITY_LENGTH = len(_INTEGRITY_PREFIX) + 32
-_WINDOW = 64 << 20
-_SPACE_MARGIN = 64 << 20
 
 _DTYPES: dict[str, torch.dtype] = {
     "uint8": torch.uint8,
@@ -89,331 +75,6 @@ class TensorSpec:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
-
-
-def _digest_span(fd: int, file_size: int, offset: int, size: int, hasher: Any) -> None:
-    """Feed bytes [offset, offset + size) of the file to `hasher`, through read-only windows.
-
-    Mapping hashes straight from the page cache (3x faster than pread's copy); windows keep
-    the mapped, resident part bounded. The size check comes first: touching a mapping past
-    the end of a (truncated) file would be a SIGBUS, not an error.
-    """
-    if offset + size > file_size:
-        raise OSError(errno.EIO, f"span {offset}+{size} runs past the end of the file ({file_size} bytes)")
-    end = offset + size
-    while offset < end:
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        length = min(_WINDOW, end - start)
-        with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start) as window, memoryview(window) as view:
-            hasher.update(view[offset - start : length])
-        offset = start + length
-
-
-def checksum_spans(path: str | os.PathLike[str], spans: Sequence[tuple[int, int]]) -> str:
-    """xxh3-128 over the given (offset, size) spans of a file, in order."""
-    hasher = xxhash.xxh3_128()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        file_size = os.fstat(fd).st_size
-        for offset, size in spans:
-            if size:
-                _digest_span(fd, file_size, offset, size, hasher)
-    finally:
-        os.close(fd)
-    return f"{CHECKSUM}:{hasher.hexdigest()}"
-
-
-def _integrity_comment(structure: bytes) -> bytes:
-    return _INTEGRITY_PREFIX + xxhash.xxh3_128(structure).hexdigest().encode()
-
-
-# ---- writing ------------------------------------------------------------------------------
-
-
-def temp_path_for(final: Path) -> Path:
-    return final.parent / f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def remove_stale_temps(final: Path) -> list[Path]:
-    """Delete temporary files left by builders of `final` that died. Call only while holding its lock."""
-    removed = []
-    for path in final.parent.glob(f".{final.name}.tmp-*"):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed.append(path)
-    return removed
-
-
-def writable_dir_error(folder: Path, e: OSError) -> CacheError:
-    why = os.strerror(e.errno) if e.errno else str(e)
-    return CacheError(
-        f"{folder}: cannot write the cache here ({why}); choose a writable folder with -o/--output or cache_path=",
-        path=folder,
-    )
-
-
-class CacheWriter:
-    """A cache under construction: a temporary file whose tensors are filled in place, then sealed.
-
-    Tensors are written with `write` (whole arrays or row ranges) or streamed row by row through
-    `target(name).sink()` (from any process). Use as a context manager: leaving the block
-    without `commit()` deletes the temporary file.
-
-    Args:
-        final: Where the finished cache goes (replaced atomically on `commit`).
-        specs: The tensors, in the order they are stored.
-    """
-
-    def __init__(self, final: Path, specs: Sequence[TensorSpec], *, preallocate: bool = True) -> None:
-        self.final = final
-        self.specs = {s.name: s for s in specs}
-        self.tmp = temp_path_for(final)
-        self._fd: int | None = None
-        self._committed = False
-        total = sum(s.nbytes for s in specs)
-        try:
-            stat = os.statvfs(final.parent)
-            free = stat.f_bavail * stat.f_frsize
-        except OSError as e:
-            raise writable_dir_error(final.parent, e) from e
-        if free < total + _SPACE_MARGIN:
-            raise CacheError(
-                f"{final.parent}: not enough free space for the cache (needs {_mb(total + _SPACE_MARGIN)}, "
-                f"{_mb(free)} free); free some space or choose another folder with -o/--output",
-                path=final.parent,
-            )
-        try:
-            self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            self.archive = ArchiveWriter(self._fd)
-            self.offsets: dict[str, int] = {}
-            for index, spec in enumerate(specs):
-                self.offsets[spec.name] = self.archive.reserve(f"data/{index}", spec.nbytes)
-            _reserve_space(self._fd, self.archive.pos, preallocate)
-        except OSError as e:
-            self._cleanup()
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise CacheError(
-                    f"{final.parent}: no room for the cache ({os.strerror(e.errno)}; needs {_mb(total)}); "
-                    "free some space or choose another folder with -o/--output",
-                    path=final.parent,
-                ) from e
-            raise writable_dir_error(final.parent, e) from e
-
-    def __enter__(self) -> CacheWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self._committed:
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        self._close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def write(self, name: str, values: Any, first_row: int = 0) -> None:
-        """Write `values` (array-like, shaped like rows of tensor `name`) starting at `first_row`.
-
-        Raises:
-            ValueError: the values do not fit the tensor's dtype or row shape.
-        """
-        spec = self.specs[name]
-        dtype = NUMPY_DTYPES[dtype_name(spec.dtype)]
-        array = np.ascontiguousarray(values, dtype=dtype)
-        if array.size == 0:
-            return
-        if spec.shape:
-            array = array.reshape(-1, *spec.shape[1:])
-            if first_row < 0 or first_row + len(array) > spec.shape[0]:
-                raise ValueError(
-                    f"{name}: rows {first_row}..{first_row + len(array)} outside its {spec.shape[0]} rows"
-                )
-            row_bytes = math.prod(spec.shape[1:]) * array.itemsize
-        else:
-            array, row_bytes = array.reshape(()), 0
-        if array.nbytes:
-            assert self._fd is not None, "write() after close"
-            pwrite_all(self._fd, array, self.offsets[name] + first_row * row_bytes)
-
-    def target(self, name: str) -> Target:
-        """Where tensor `name` lives in the temporary file: `target(name).sink()` streams rows into it."""
-        spec = self.specs[name]
-        return Target(str(self.tmp), self.offsets[name], dtype_name(spec.dtype), spec.shape)
-
-    def checksums(self, known: Mapping[str, str] | None = None) -> dict[str, str]:
-        """xxh3-128 of each tensor's bytes as now in the file (`known` ones are taken as given)."""
-        known = known or {}
-        return {
-            name: known.get(name) or checksum_spans(self.tmp, [(self.offsets[name], spec.nbytes)])
-            for name, spec in self.specs.items()
-        }
-
-    def seal(self, meta: dict[str, Any], checksums: Mapping[str, str] | None = None) -> None:
-        """Write the header (meta, with `meta['tensors'][name]['checksum']` filled), fsync the file.
-
-        Args:
-            meta: The header, without its `tensors` entry.
-            checksums: Tensor checksums already computed while writing (the rest are computed here).
-
-        Raises:
-            CacheError: the file could not be written (disk full, I/O error).
-        """
-        assert self._fd is not None, "seal() after close"
-        try:
-            sums = self.checksums(checksums)
-            meta = dict(meta)
-            meta["tensors"] = {
-                name: {"dtype": dtype_name(spec.dtype), "shape": list(spec.shape), "checksum": sums[name]}
-                for name, spec in self.specs.items()
-            }
-            placeholders = {
-                name: torch.empty(spec.shape, dtype=spec.dtype) for name, spec in self.specs.items()
-            }
-            keys = {name: str(i) for i, name in enumerate(self.specs)}
-            top = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "tensors": placeholders}
-            self.archive.add("data.pkl", pickle_tree(top, placeholders, keys))
-            self.archive.add(".format_version", b"1")
-            self.archive.add(".storage_alignment", b"64")
-            self.archive.add("byteorder", b"little")
-            self.archive.add("version", b"3\n")
-            self.archive.finish_directory(_INTEGRITY_LENGTH)
-            self.archive.write_comment(_integrity_comment(self.archive.structure_bytes()))
-            os.fsync(self._fd)
-        except OSError as e:
-            self._cleanup()
-            raise CacheError(
-                f"{self.final}: writing the cache failed ({os.strerror(e.errno or errno.EIO)}); nothing was replaced. "
-                "Free some space or choose another folder with -o/--output",
-                path=self.final,
-            ) from e
-
-    def commit(self) -> None:
-        """Atomically replace the destination with the sealed temporary file."""
-        self._close()
-        # Freeing the blocks of a large replaced cache takes tens of milliseconds (more with
-        # online discard). Holding the old file open moves that work to a background close.
-        old = None
-        if os.name == "posix":
-            with contextlib.suppress(OSError):
-                old = os.open(self.final, os.O_RDONLY)
-        try:
-            os.replace(self.tmp, self.final)
-            _fsync_dir(self.final.parent)
-        except OSError as e:
-            if old is not None:
-                os.close(old)
-            self._cleanup()
-            raise CacheError(
-                f"{self.final}: cannot replace the cache ({os.strerror(e.errno or errno.EIO)}); the old file is untouched. "
-                "Check the folder's permissions or choose another output path with -o/--output",
-                path=self.final,
-            ) from e
-        self._committed = True
-        if old is not None:
-            threading.Thread(
-                target=os.close, args=(old,), name="bufconv-release-old-cache", daemon=True
-            ).start()
-
-
-def _reserve_space(fd: int, size: int, preallocate: bool) -> None:
-    """Size the file, allocating its blocks now when asked.
-
-    Frames are written through a memory map; on a sparse file a full disk would surface as
-    SIGBUS in the middle of decoding. Allocating up front turns that into ENOSPC here, before
-    any work (measured: no slower than filling a sparse file).
-    """
-    if preallocate and size and hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size)
-            return
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-    os.ftruncate(fd, size)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened/fsynced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-# ---- locking ------------------------------------------------------------------------------
-
-
-def lock_path_for(final: Path) -> Path:
-    return final.parent / f".{final.name}.lock"
-
-
-@contextlib.contextmanager
-def locked(final: Path, *, timeout: float | None = None, poll: float = 0.05) -> Iterator[None]:
-    """Hold an exclusive lock on the cache path `final` (a `flock` on a file next to it).
-
-    The kernel releases the lock when its holder dies, so a crashed builder never blocks the
-    next one. The lock file is removed on release; a waiter that locked a file which was
-    removed meanwhile notices (inode changed) and retries.
-
-    Raises:
-        CacheError: the folder is not writable.
-        LockTimeoutError: `timeout` seconds passed while another process held the lock.
-    """
-    import fcntl
-
-    path = lock_path_for(final)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise writable_dir_error(final.parent, e) from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            if deadline is not None and time.monotonic() > deadline:
-                raise LockTimeoutError(
-                    f"{final}: another process{holder} has been building this cache for over {timeout:g} s; "
-                    f"wait for it, or remove {path} if no such process exists",
-                    path=final,
-                ) from None
-            time.sleep(poll)
-            continue
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _read_holder(fd: int) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(os.pread(fd, 32, 0).decode().strip())
-        return f" (pid {pid})"
-    return ""
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -484,7 +145,7 @@ def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> 
             E.UNREADABLE,
             f"not a zip archive as torch.save writes ({e}); the file is truncated or not a cache",
         ) from e
-    if not layout.comment.startswith(_INTEGRITY_PREFIX[: len(b"bufconv")]):
+    if not layout.comment.startswith(INTEGRITY_PREFIX[: len(b"bufconv")]):
         raise _invalid(
             path, E.NOT_A_CACHE, "a torch file, but not one bufconv wrote (no bufconv integrity record)"
         )
@@ -492,8 +153,8 @@ def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> 
     structure = checksum_spans(
         path, [(start, end - start) for start, end in layout.structure_spans(payloads)]
     )
-    expected = layout.comment[len(_INTEGRITY_PREFIX) :].decode("ascii", "replace")
-    if not layout.comment.startswith(_INTEGRITY_PREFIX) or structure != f"{CHECKSUM}:{expected}":
+    expected = layout.comment[len(INTEGRITY_PREFIX) :].decode("ascii", "replace")
+    if not layout.comment.startswith(INTEGRITY_PREFIX) or structure != f"{CHECKSUM}:{expected}":
         raise _invalid(
             path,
             E.CHECKSUM_MISMATCH,
@@ -613,14 +274,3 @@ def check_consistency(cache: CacheFile, layout: Layout | None = None) -> str | N
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The header (`meta`) of a cache without reading tensor data, after the cheap checks."""
     return read_cache(path, verify_payload=False).meta
-
-
-def describe_problems(problems: Sequence[Problem]) -> str:
-    return "; ".join(p.message for p in problems)
-
-
-def file_stat(path: Path) -> Mapping[str, int] | None:
-    with contextlib.suppress(OSError):
-        st = path.stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return None

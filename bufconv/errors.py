@@ -6,6 +6,7 @@ report it without parsing the message, and each message says what to do next.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,15 @@ class InvalidCacheError(CacheError):
     def __init__(self, message: str, *, path: str | Path | None, problems: Sequence[Problem]) -> None:
         super().__init__(message, path=path)
         self.problems = list(problems)
+
+
+def unwritable_folder(folder: Path, error: OSError) -> CacheError:
+    """The CacheError for a folder the cache cannot be written to."""
+    why = os.strerror(error.errno) if error.errno else str(error)
+    return CacheError(
+        f"{folder}: cannot write the cache here ({why}); choose a writable folder with -o/--output or cache_path=",
+        path=folder,
+    )
 
 
 class StaleCacheError(CacheError):

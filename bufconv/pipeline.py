@@ -28,26 +28,23 @@ import torch
 
 from . import __version__
 from . import fingerprint as fp
-from .cache import (
-    FORMAT_VERSION,
-    CacheWriter,
-    TensorSpec,
-    locked,
-    read_cache,
-    remove_stale_temps,
-    writable_dir_error,
-)
-from .dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset, open_dataset
-from .errors import CacheError, DecodeError, InvalidCacheError, StaleCacheError
+from .cache import FORMAT_VERSION, TensorSpec, read_cache
+from .cache_writer import CacheWriter, remove_stale_temps
+from .dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset
+from .errors import CacheError, DecodeError, InvalidCacheError, StaleCacheError, unwritable_folder
+from .layouts import open_dataset
+from .lock import locked
 from .options import DEFAULT_TOLERANCE_S, BuildOptions
-from .sink import RowSink
-from .units import ImageUnit, Unit, VideoUnit, run_unit
-from .video import FrameJob
+from .plan import frame_chw, plan_units
+from .units import run_here, run_unit
 from .workers import WorkerPool
 
 log = logging.getLogger("bufconv")
 
 Progress = Callable[[int], None]
+
+#: Below this many frames (all cameras), starting worker processes costs more than it saves.
+MIN_PARALLEL_FRAMES = 1500
 
 
 @dataclass(frozen=True)
@@ -200,7 +197,7 @@ def _parent_folder(path: Path) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise writable_dir_error(path.parent, e) from e
+        raise unwritable_folder(path.parent, e) from e
     try:
         yield
     except BaseException:
@@ -317,7 +314,7 @@ def _write_with(
     frames = int(sum(lengths))
     derived = _transitions(columns, sel, starts, lengths, source, frames)
 
-    specs = [TensorSpec(k, torch.uint8, (frames, *_chw(source, k))) for k in sel.image_keys]
+    specs = [TensorSpec(k, torch.uint8, (frames, *frame_chw(source, k))) for k in sel.image_keys]
     stored: dict[str, np.ndarray] = {
         k: columns[k] for k in [*sel.numeric_keys, ACTION_KEY, *sel.complementary_keys]
     }
@@ -356,12 +353,14 @@ def _write_with(
     with CacheWriter(path, specs) as writer:
         for name, values in stored.items():
             writer.write(name, values)
-        units = _plan(request, writer, starts, columns["timestamp"], parallel=pool is not None)
+        units = plan_units(
+            source, sel, options, writer.target, starts, columns["timestamp"], parallel=pool is not None
+        )
         checksums: dict[str, str] = {}
         if pool is not None:
             pool.run(units, run_unit, (lambda _unit, n: progress(n)) if progress else None)
         else:
-            checksums = _run_in_process(units, progress)
+            checksums = run_here(units, (lambda _episode, n: progress(n)) if progress else None)
         writer.seal(meta, checksums)
         writer.commit()
 
@@ -403,100 +402,5 @@ def _transitions(
     }
 
 
-def _chw(source: SourceDataset, key: str) -> tuple[int, int, int]:
-    height, width, channels = source.features[key].image_hwc()
-    if source.features[key].dtype == "video":
-        channels = 3  # decoded as rgb24, as LeRobot's PyAV backend does
-    return (channels, height, width)
-
-
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-
-
-def _plan(
-    request: Request, writer: CacheWriter, starts: np.ndarray, timestamps: np.ndarray, *, parallel: bool
-) -> list[Unit]:
-    """Decoding units, largest first. For worker processes, long files are split at episode
-    boundaries into units of about a third of a worker's share, so the load evens out."""
-    source, sel, options = request.source, request.selection, request.options
-    total = int(sum(source.episodes[e].length for e in sel.episodes)) * len(sel.image_keys)
-    split = max(1, math.ceil(total / (3 * options.workers))) if parallel else None
-    units: list[Unit] = []
-    for key in sel.image_keys:
-        target = writer.target(key)
-        _, height, width = _chw(source, key)
-        threads = _decoder_threads(height * width, parallel)
-        if source.features[key].dtype == "image":
-            groups: dict[str, list[tuple[int, int]]] = {}
-            for e, start in zip(sel.episodes, starts, strict=True):
-                groups.setdefault(source.episodes[e].data_path, []).append((e, int(start)))
-            for members in groups.values():
-                units.append(
-                    ImageUnit(key, source, tuple(e for e, _ in members), tuple(s for _, s in members), target)
-                )
-            continue
-        by_file: dict[str, list[FrameJob]] = {}
-        for e, start in zip(sel.episodes, starts, strict=True):
-            length = source.episodes[e].length
-            rel, offset = source.episodes[e].videos[key]
-            wanted = offset + timestamps[start : start + length].astype(np.float64).reshape(length)
-            by_file.setdefault(rel, []).append(
-                FrameJob(e, np.arange(start, start + length, dtype=np.int64), wanted, offset)
-            )
-        for rel, jobs in by_file.items():
-            jobs.sort(key=lambda j: float(j.timestamps[0]))
-            for chunk in _chunks(jobs, split):
-                units.append(
-                    VideoUnit(key, source.root / rel, tuple(chunk), target, options.tolerance_s, threads)
-                )
-    units.sort(key=lambda u: -u.frames)
-    return units
-
-
-#: Up to this many pixels a frame, one decoder thread is fastest (measured with AV1 on 2 cores:
-#: 128x128 decodes in 0.09 ms/frame on 1 thread, 0.11 on 2; at 480x640 two threads win by 25%),
-#: and it leaves the other core to the thread writing the file.
-SINGLE_THREAD_PIXELS = 256 * 256
-
-
-#: Below this many frames (all cameras), starting worker processes costs more than it saves.
-MIN_PARALLEL_FRAMES = 1500
-
-
-def _decoder_threads(pixels: int, parallel: bool) -> int:
-    """Threads per decoder: 1 with worker processes (they fill the cores) or small frames, else FFmpeg's choice."""
-    return 1 if parallel or pixels <= SINGLE_THREAD_PIXELS else 0
-
-
-def _chunks(jobs: list[FrameJob], size: int | None) -> list[list[FrameJob]]:
-    if size is None:
-        return [jobs]
-    chunks: list[list[FrameJob]] = [[]]
-    count = 0
-    for job in jobs:
-        if count >= size:
-            chunks.append([])
-            count = 0
-        chunks[-1].append(job)
-        count += len(job.rows)
-    return chunks
-
-
-def _run_in_process(units: list[Unit], progress: Progress | None) -> dict[str, str]:
-    """Run units here, in row order, one sink per tensor kept open throughout (its writer thread
-    finishes one unit's frames while the next unit decodes). Returns the checksums the sinks
-    computed on the way (every tensor written in row order)."""
-    sinks: dict[str, RowSink] = {}
-    on_episode = (lambda _episode, n: progress(n)) if progress else None
-    try:
-        for unit in sorted(units, key=lambda u: (u.key, u.first_row)):
-            if unit.key not in sinks:
-                sinks[unit.key] = unit.target.sink()
-            run_unit(unit, on_episode, sinks[unit.key])
-        for sink in sinks.values():
-            sink.close()
-    finally:
-        for sink in sinks.values():
-            sink.close(flush=False)
-    return {key: sink.checksum for key, sink in sinks.items() if sink.checksum is not None}

@@ -8,7 +8,7 @@ cross process boundaries. This module stays free of torch so worker processes st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,3 +110,24 @@ def _decode_images(unit: ImageUnit, sink: RowSink, on_episode: OnEpisode | None)
         if on_episode is not None:
             on_episode(episode, len(payloads))
     return written
+
+
+def run_here(units: Sequence[Unit], on_episode: OnEpisode | None = None) -> dict[str, str]:
+    """Run units in this process, in row order, one sink per tensor kept open throughout (its
+    writer thread finishes one unit's frames while the next unit decodes).
+
+    Returns:
+        The checksums the sinks computed on the way, for tensors written entirely in row order.
+    """
+    sinks: dict[str, RowSink] = {}
+    try:
+        for unit in sorted(units, key=lambda u: (u.key, u.first_row)):
+            if unit.key not in sinks:
+                sinks[unit.key] = unit.target.sink()
+            run_unit(unit, on_episode, sinks[unit.key])
+        for sink in sinks.values():
+            sink.close()
+    finally:
+        for sink in sinks.values():
+            sink.close(flush=False)
+    return {key: sink.checksum for key, sink in sinks.items() if sink.checksum is not None}

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bufconv
-from bufconv.buffer import OfflineBuffer, random_shift
+from bufconv.buffer import OfflineBuffer
+from bufconv.drq import random_shift
 from bufconv.writer import EpisodeData, write_dataset
 
 IMAGE_KEYS = ("observation.images.front", "observation.images.wrist")

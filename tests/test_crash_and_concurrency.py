@@ -26,8 +26,8 @@ import pytest
 import torch
 
 import bufconv
-from bufconv.cache import locked
 from bufconv.errors import LockTimeoutError
+from bufconv.lock import locked
 from bufconv.writer import EpisodeData, write_dataset
 
 CAMERAS = ("observation.images.front", "observation.images.side")
@@ -264,7 +264,7 @@ def test_two_learners_on_one_stale_cache_build_it_once(dataset: Path, tmp_path: 
 LOCK_HOLDER = r"""
 import os, sys, time
 from pathlib import Path
-from bufconv.cache import locked
+from bufconv.lock import locked
 with locked(Path(sys.argv[1])):
     print(os.getpid(), flush=True)
     time.sleep(600)

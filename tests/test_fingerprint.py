@@ -25,6 +25,7 @@ import torch
 
 import bufconv
 import bufconv.cache
+import bufconv.cache_writer
 import bufconv.fingerprint
 import bufconv.pipeline
 from bufconv import fingerprint as fp
@@ -244,7 +245,9 @@ def test_file_whose_top_level_format_version_is_not_1_is_rejected(
     """read_cache and verify reject format_version 2 as unsupported-version; load_or_build rebuilds it."""
     cache = tmp_path / "offline_buffer.pt"
     with monkeypatch.context() as patch:
-        patch.setattr(bufconv.cache, "FORMAT_VERSION", 2)  # what a future bufconv would write
+        # what a future bufconv would write (and read back)
+        patch.setattr(bufconv.cache_writer, "FORMAT_VERSION", 2)
+        patch.setattr(bufconv.cache, "FORMAT_VERSION", 2)
         load(dataset, cache)
     top = torch.load(cache, weights_only=True)
     assert (top["format"], top["format_version"]) == ("bufconv.offline_buffer", 2)

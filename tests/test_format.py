@@ -33,7 +33,8 @@ from torch.utils.serialization import config as serialization_config
 
 import bufconv
 from bufconv.archive import read_layout
-from bufconv.cache import CacheWriter, TensorSpec, read_cache
+from bufconv.cache import TensorSpec, read_cache
+from bufconv.cache_writer import CacheWriter
 
 PROJECT = Path(__file__).resolve().parents[1]
 FRONT = "observation.images.front"

@@ -50,21 +50,20 @@ def test_parallel_build_is_identical_to_single_worker(
 def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]) -> None:
     """With several workers, one long file is cut into units at episode boundaries, covering each row exactly once."""
     from bufconv.options import BuildOptions
-    from bufconv.pipeline import _plan, prepare
+    from bufconv.pipeline import prepare
+    from bufconv.plan import plan_units
 
     dataset = lerobot_dataset(lengths=(9, 1, 12, 4, 7, 6))
     request = prepare(dataset, BuildOptions(workers=3))
-
-    class _Writer:  # _plan only asks the writer where each tensor lives
-        def target(self, key: str) -> str:
-            return key
 
     import numpy as np
 
     lengths = [request.source.episodes[e].length for e in request.selection.episodes]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     timestamps = request.source.read_columns(request.selection.episodes, ["timestamp"])["timestamp"]
-    units = _plan(request, _Writer(), starts, timestamps, parallel=True)  # type: ignore[arg-type]
+    units = plan_units(
+        request.source, request.selection, request.options, lambda key: key, starts, timestamps, parallel=True
+    )  # type: ignore[arg-type]
     for key in request.selection.image_keys:
         mine = [u for u in units if u.key == key]
         assert len(mine) > 1  # the single file was split

@@ -1,0 +1,74 @@
+"""The lock that serialises builders of one cache path: an flock on a file next to it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import LockTimeoutError, unwritable_folder
+
+
+def lock_path_for(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+@contextlib.contextmanager
+def locked(final: Path, *, timeout: float | None = None, poll: float = 0.05) -> Iterator[None]:
+    """Hold an exclusive lock on the cache path `final` (a `flock` on a file next to it).
+
+    The kernel releases the lock when its holder dies, so a crashed builder never blocks the
+    next one. The lock file is removed on release; a waiter that locked a file which was
+    removed meanwhile notices (inode changed) and retries.
+
+    Raises:
+        CacheError: the folder is not writable.
+        LockTimeoutError: `timeout` seconds passed while another process held the lock.
+    """
+    import fcntl
+
+    path = lock_path_for(final)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise unwritable_folder(final.parent, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if deadline is not None and time.monotonic() > deadline:
+                raise LockTimeoutError(
+                    f"{final}: another process{holder} has been building this cache for over {timeout:g} s; "
+                    f"wait for it, or remove {path} if no such process exists",
+                    path=final,
+                ) from None
+            time.sleep(poll)
+            continue
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(os.pread(fd, 32, 0).decode().strip())
+        return f" (pid {pid})"
+    return ""
