@@ -15,12 +15,14 @@ checked with xxh3-128 instead (see docs/format.md).
 
 from __future__ import annotations
 
+import collections
+import io
+import math
 import os
 import pickle
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,33 +192,66 @@ class ArchiveWriter:
 # ---- pickling tensors the way torch.save does -------------------------------------------
 
 
+@dataclass(frozen=True)
+class StorageRef:
+    """Stands for storage record `data/<key>` (`numel` elements of `dtype`) while pickling."""
+
+    key: str
+    dtype: torch.dtype
+    numel: int
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A contiguous tensor over a `StorageRef`, pickled exactly as torch.save pickles a tensor.
+
+    No memory is allocated for it: the pickle only names the storage record, the dtype and
+    the shape (a placeholder `torch.empty` of a multi-gigabyte cache fails where memory
+    overcommit is strict).
+    """
+
+    storage: StorageRef
+    shape: tuple[int, ...]
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        stride: list[int] = []
+        step = 1
+        for size in reversed(self.shape):
+            stride.append(step)
+            step *= max(size, 1)
+        hooks: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        args = (self.storage, 0, tuple(self.shape), tuple(reversed(stride)), False, hooks)
+        return (torch._utils._rebuild_tensor_v2, args)
+
+
+def tensor_ref(key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> TensorRef:
+    """A `TensorRef` for a tensor of `shape` and `dtype` stored in record `data/<key>`."""
+    return TensorRef(StorageRef(key, dtype, math.prod(shape)), tuple(shape))
+
+
+#: The legacy storage class torch.save names for each dtype in a pickle.
+_STORAGE_TYPES = {
+    torch.uint8: "ByteStorage", torch.int8: "CharStorage", torch.int16: "ShortStorage", torch.int32: "IntStorage",
+    torch.int64: "LongStorage", torch.float16: "HalfStorage", torch.bfloat16: "BFloat16Storage",
+    torch.float32: "FloatStorage", torch.float64: "DoubleStorage", torch.bool: "BoolStorage",
+}  # fmt: skip
+
+
 class _StoragePickler(pickle.Pickler):
     """Pickles an object tree like torch.save: tensors by reference to numbered storage records."""
 
-    def __init__(self, file: Any, keys: Mapping[int, str]) -> None:
-        super().__init__(file, protocol=2)
-        self._keys = keys
-
     def persistent_id(self, obj: Any) -> Any:
-        if isinstance(obj, torch.storage.TypedStorage):
-            storage = obj._untyped_storage
-            key = self._keys[storage._cdata]
-            return ("storage", getattr(torch, obj._pickle_storage_type()), key, "cpu", obj._size())
-        if isinstance(obj, torch.UntypedStorage):
-            raise TypeError("bare storages are not part of the cache format")
+        if isinstance(obj, StorageRef):
+            return ("storage", getattr(torch, _STORAGE_TYPES[obj.dtype]), obj.key, "cpu", obj.numel)
+        if isinstance(obj, (torch.Tensor, torch.TypedStorage, torch.UntypedStorage)):
+            raise TypeError("real tensors are not pickled here; use tensor_ref()")
         return None
 
 
-def pickle_tree(obj: Any, tensors: Mapping[str, torch.Tensor], keys: Mapping[str, str]) -> bytes:
-    """Pickle `obj` with each tensor in `tensors` referring to storage record `data/<keys[name]>`.
-
-    The tensors only lend their dtype, shape and storage identity; their contents are not read.
-    """
-    import io
-
-    by_storage = {t.untyped_storage()._cdata: keys[name] for name, t in tensors.items()}
+def pickle_tree(obj: Any) -> bytes:
+    """Pickle `obj` (plain values and `TensorRef`s) with protocol 2, as torch.save writes data.pkl."""
     buffer = io.BytesIO()
-    _StoragePickler(buffer, by_storage).dump(obj)
+    _StoragePickler(buffer, protocol=2).dump(obj)
     return buffer.getvalue()
 
 

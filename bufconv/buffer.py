@@ -402,23 +402,15 @@ class OfflineBuffer:
 
 
 def _row(value: Any, column: torch.Tensor, name: str) -> torch.Tensor:
-    """One row shaped like the rows of `column` (LeRobot's transitions carry a batch dim of 1)."""
+    """One row shaped like the rows of `column`: leading size-1 dimensions (LeRobot's batch of
+    one) are dropped; any other difference is an error (never a reshape that scrambles pixels)."""
     tensor = torch.as_tensor(value).detach().cpu()
     expected = tuple(column.shape[1:])
+    while tensor.ndim > len(expected) and tensor.shape[0] == 1:
+        tensor = tensor[0]
     if tuple(tensor.shape) != expected:
-        if tensor.numel() != _numel(expected):
-            raise ValueError(
-                f"{name} has shape {tuple(tensor.shape)}; the buffer holds rows of shape {expected}"
-            )
-        tensor = tensor.reshape(expected)
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}; the buffer holds rows of shape {expected}")
     return tensor
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _rows(tensor: torch.Tensor, rows: torch.Tensor, pool: OutputPool | None = None) -> torch.Tensor:

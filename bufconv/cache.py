@@ -82,11 +82,15 @@ class TensorSpec:
 
 @dataclass
 class CacheFile:
-    """A cache opened for reading: header and memory-mapped tensors (no pixel read yet)."""
+    """A cache opened for reading: header and memory-mapped tensors (no pixel read yet).
+
+    The tensors map the file that was checked, even if the path is replaced afterwards.
+    """
 
     path: Path
     meta: dict[str, Any]
     tensors: dict[str, torch.Tensor]
+    layout: Layout
 
     @property
     def frames(self) -> int:
@@ -169,40 +173,62 @@ def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> 
             E.UNSUPPORTED_VERSION,
             f"format version {top.get('format_version')!r}; this bufconv reads version {FORMAT_VERSION}: rebuild the cache",
         )
-    cache = CacheFile(path, top.get("meta"), top.get("tensors"))  # type: ignore[arg-type]
-    problem = check_consistency(cache, layout)
+    cache = CacheFile(path, top.get("meta"), top.get("tensors"), layout)  # type: ignore[arg-type]
+    try:
+        problem = check_consistency(cache)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, RuntimeError) as e:
+        # The integrity digest is not a signature: a crafted file can pass it with any header.
+        problem = f"the header is malformed ({type(e).__name__}: {e})"
     if problem:
         raise _invalid(path, E.INCONSISTENT, problem)
     if verify_payload:
-        bad = mismatched_tensors(cache, layout)
-        if bad:
-            raise _invalid(
-                path,
-                E.CHECKSUM_MISMATCH,
-                f"tensor(s) {', '.join(bad)} do not match their checksum: the file is corrupted",
-            )
+        verify_tensors(cache)
     return cache
 
 
+def verify_tensors(cache: CacheFile) -> None:
+    """Recompute every tensor checksum (reads all bytes, at several GB/s).
+
+    Raises:
+        InvalidCacheError: code "checksum-mismatch", naming the damaged tensors.
+    """
+    bad = mismatched_tensors(cache)
+    if bad:
+        raise _invalid(
+            cache.path,
+            E.CHECKSUM_MISMATCH,
+            f"tensor(s) {', '.join(bad)} do not match their checksum: the file is corrupted",
+        )
+
+
 def _is_torch_legacy(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return (
-            f.read(2) == b"\x80\x02"
-        )  # pickle protocol 2 magic: torch.save(..., _use_new_zipfile_serialization=False)
+    """Whether the file starts like a pickle (protocol 2): torch.save's legacy, non-zip format."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x80\x02"
+    except OSError:
+        return False
 
 
-def mismatched_tensors(cache: CacheFile, layout: Layout) -> list[str]:
+def mismatched_tensors(cache: CacheFile) -> list[str]:
     """Names of tensors whose bytes do not hash to the checksum in the header."""
     bad = []
     keys = {name: i for i, name in enumerate(cache.meta["tensors"])}
     for name, info in cache.meta["tensors"].items():
-        span = layout.records.get(f"data/{keys[name]}")
-        if span is None or checksum_spans(cache.path, [span]) != info["checksum"]:
+        span = cache.layout.records.get(f"data/{keys[name]}")
+        if span is None or checksum_spans(cache.path, [span]) != info.get("checksum"):
             bad.append(name)
     return bad
 
 
-def check_consistency(cache: CacheFile, layout: Layout | None = None) -> str | None:
+#: Header fields every reader relies on (`bufconv info` prints them).
+REQUIRED_META = {
+    "bufconv_version": str, "created": str, "frames": int, "tensors": dict, "keys": dict, "ranges": dict,
+    "episodes": list, "fingerprint": str, "fingerprint_inputs": dict, "source": dict, "done_source": str,
+}  # fmt: skip
+
+
+def check_consistency(cache: CacheFile) -> str | None:
     """The first internal inconsistency of a cache's header and tensors, or None.
 
     Cheap: reads only small index tensors (episode and next indices), never pixels.
@@ -210,9 +236,9 @@ def check_consistency(cache: CacheFile, layout: Layout | None = None) -> str | N
     meta, tensors = cache.meta, cache.tensors
     if not isinstance(meta, dict) or not isinstance(tensors, dict):
         return "meta or tensors is not a dict"
-    for field in ("frames", "tensors", "keys", "ranges", "episodes", "fingerprint", "fingerprint_inputs"):
-        if field not in meta:
-            return f"the header lacks {field!r}"
+    for field, kind in REQUIRED_META.items():
+        if not isinstance(meta.get(field), kind):
+            return f"the header's {field!r} is missing or not a {kind.__name__}"
     frames = meta["frames"]
     if not isinstance(frames, int) or frames < 1:
         return f"frames is {frames!r}"

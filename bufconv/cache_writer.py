@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .archive import ArchiveWriter, pickle_tree
+from .archive import ArchiveWriter, pickle_tree, tensor_ref
 from .cache import FORMAT, FORMAT_VERSION, TensorSpec, dtype_name
 from .checksum import INTEGRITY_LENGTH, checksum_spans, integrity_comment
 from .errors import CacheError, unwritable_folder
@@ -161,12 +160,12 @@ class CacheWriter:
                 name: {"dtype": dtype_name(spec.dtype), "shape": list(spec.shape), "checksum": sums[name]}
                 for name, spec in self.specs.items()
             }
-            placeholders = {
-                name: torch.empty(spec.shape, dtype=spec.dtype) for name, spec in self.specs.items()
+            refs = {
+                name: tensor_ref(str(i), spec.dtype, spec.shape)
+                for i, (name, spec) in enumerate(self.specs.items())
             }
-            keys = {name: str(i) for i, name in enumerate(self.specs)}
-            top = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "tensors": placeholders}
-            self.archive.add("data.pkl", pickle_tree(top, placeholders, keys))
+            top = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "tensors": refs}
+            self.archive.add("data.pkl", pickle_tree(top))
             self.archive.add(".format_version", b"1")
             self.archive.add(".storage_alignment", b"64")
             self.archive.add("byteorder", b"little")

@@ -20,7 +20,7 @@ import click
 
 from . import __version__
 from .errors import BufconvError
-from .options import DEFAULT_TOLERANCE_S
+from .options import DEFAULT_TOLERANCE_S, parse_episodes, parse_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,19 +33,42 @@ def _fail(message: str) -> None:
 
 
 def handle_errors(command: F) -> F:
-    """Turn a `BufconvError` (or a bad value) into one line on stderr and exit status 1."""
+    """Turn any error into one line on stderr and exit status 1 (`--verbose` adds the traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = click.get_current_context().find_root().params.get("verbose")
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was replaced")
+            sys.exit(130)
         except (BufconvError, ValueError, OSError) as e:
-            if click.get_current_context().find_root().params.get("verbose"):
+            if verbose:
                 traceback.print_exc()
             _fail(str(e) or type(e).__name__)
             sys.exit(1)
+        except Exception as e:  # a bug: still one line, and the way to see more
+            if verbose:
+                traceback.print_exc()
+            _fail(f"internal error ({type(e).__name__}: {e}); rerun with --verbose and report the traceback")
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """A click callback that parses an option with `parse`; a bad value is a usage error (exit 2)."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return callback
 
 
 def _size(n: int) -> str:
@@ -93,9 +116,13 @@ def cli(verbose: bool) -> None:
     help="Range image batches come out in: 1 = [0,1] (LeRobot), 255 = [0,255] (encoders that normalise themselves).",
 )
 @click.option(
-    "--keys", help="Observation keys for the state, comma-separated (default: all observation.* features)."
+    "--keys",
+    callback=_parsed(parse_keys),
+    help="Observation keys for the state, comma-separated (default: all observation.* features).",
 )
-@click.option("--episodes", help="Episodes to include, e.g. 0-9,15 (default: all).")
+@click.option(
+    "--episodes", callback=_parsed(parse_episodes), help="Episodes to include, e.g. 0-9,15 (default: all)."
+)
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="Decoding processes (default: all cores)."
 )
@@ -113,8 +140,8 @@ def build(
     dataset: str,
     output: str,
     image_range: str,
-    keys: str | None,
-    episodes: str | None,
+    keys: tuple[str, ...] | None,
+    episodes: tuple[int, ...] | None,
     workers: int | None,
     tolerance_s: float,
     force: bool,

@@ -179,6 +179,12 @@ class SourceDataset:
                     f"record it (HIL-SERL's gym_manipulator does) or add it to the parquet data",
                     path=self.root / INFO_PATH,
                 )
+            if not _is_numeric(self.features[key].dtype):
+                raise DatasetError(
+                    f"{self.root}: {key!r} has dtype {self.features[key].dtype!r}; bufconv needs numbers "
+                    f"(bool, uint8, int, float)",
+                    path=self.root / INFO_PATH,
+                )
         for key in keys:
             feature = self.features[key]
             if feature.dtype == "video" and (feature.info or {}).get("is_depth_map"):
@@ -209,6 +215,20 @@ class SourceDataset:
             episodes = tuple(options.episodes)
         if not episodes:
             raise DatasetError(f"{self.root}: the dataset has no episodes", path=self.root)
+        empty = [e for e in episodes if self.episodes[e].length < 1]
+        if empty:
+            raise DatasetError(
+                f"{self.root}: episode(s) {format_episodes(empty)} have no frames in the metadata; "
+                f"leave them out with --episodes or repair the episode table",
+                path=self.root,
+            )
+        half_frame = 0.5 / float(self.fps)
+        if options.tolerance_s >= half_frame:
+            raise DatasetError(
+                f"{self.root}: tolerance_s {options.tolerance_s:g} s is not below half a frame interval "
+                f"({half_frame:g} s at {self.fps} fps), so two frames could match one timestamp; use a smaller tolerance",
+                path=self.root / INFO_PATH,
+            )
         image_keys = tuple(k for k in keys if self.features[k].is_visual)
         for e in episodes:
             for key in image_keys:
@@ -345,7 +365,8 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _is_numeric(dtype: str) -> bool:
-    return dtype == "bool" or dtype.startswith(("float", "int", "uint"))
+    """Whether a feature dtype can become a cache tensor (torch storage has no uint16/32/64)."""
+    return dtype in ("bool", "uint8") or dtype.startswith(("float", "int"))
 
 
 def _rows_by_episode(
@@ -406,6 +427,11 @@ def _column_to_numpy(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarr
         array = array.flatten()
         if array.null_count:
             raise DatasetError(f"{path}: column {name!r} has missing values inside its rows", path=path)
-    values = _plain_numpy(array)
+    try:
+        values = _plain_numpy(array)
+    except TypeError as e:
+        raise DatasetError(
+            f"{path}: column {name!r} holds {array.type}, not numbers as meta/info.json declares", path=path
+        ) from e
     rows = len(column)
     return values.reshape(rows, *shape)

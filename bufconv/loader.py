@@ -74,8 +74,9 @@ def load_or_build(
             result = ensure(request, cache_path, on_stale=on_stale, progress=bar, lock_timeout=lock_timeout)
     else:
         result = ensure(request, cache_path, on_stale=on_stale, lock_timeout=lock_timeout)
+    assert result.cache is not None  # the cache ensure() checked or wrote: no second read of the path
     return OfflineBuffer(
-        read_cache(result.path, verify_payload=False),
+        result.cache,
         device=device,
         storage_device=storage_device,
         use_drq=use_drq,

@@ -28,10 +28,10 @@ import torch
 
 from . import __version__
 from . import fingerprint as fp
-from .cache import FORMAT_VERSION, TensorSpec, read_cache
+from .cache import FORMAT_VERSION, CacheFile, TensorSpec, read_cache, verify_tensors
 from .cache_writer import CacheWriter, remove_stale_temps
 from .dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset
-from .errors import CacheError, DecodeError, InvalidCacheError, StaleCacheError, unwritable_folder
+from .errors import CacheError, DatasetError, InvalidCacheError, StaleCacheError, unwritable_folder
 from .layouts import open_dataset
 from .lock import locked
 from .options import DEFAULT_TOLERANCE_S, BuildOptions
@@ -64,6 +64,8 @@ class Freshness:
     fresh: bool
     reasons: list[str]
     fingerprint: fp.Fingerprint
+    cache: CacheFile | None = None
+    """The cache as checked, when fresh (its tensors map the checked file, whatever replaces the path)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class BuildResult:
     ranges: dict[str, int]
     fingerprint: str
     reasons: list[str] = field(default_factory=list)
+    cache: CacheFile | None = field(default=None, repr=False, compare=False)
+    """The cache this result describes, opened (what `load_or_build` serves)."""
 
     @property
     def frames_per_second(self) -> float:
@@ -112,15 +116,20 @@ def check_freshness(
     if not path.exists():
         return Freshness(False, False, [], _fingerprint(request, reuse))
     try:
-        cache = read_cache(path, verify_payload=verify_payload)
+        cache = read_cache(path, verify_payload=False)
     except InvalidCacheError as e:
         reasons = [f"{path.name}: {p.message}" for p in e.problems]
         return Freshness(True, False, reasons, _fingerprint(request, reuse))
     current = _fingerprint(request, {**fp.known_from_header(cache.meta), **reuse})
-    if cache.meta.get("fingerprint") == current.value:
-        return Freshness(True, True, [], current)
-    reasons = fp.explain(cache.meta.get("fingerprint_inputs", {}), current.inputs)
-    return Freshness(True, False, reasons, current)
+    if cache.meta["fingerprint"] != current.value:
+        # Stale: no point reading gigabytes of payload to checksum a file about to be replaced.
+        return Freshness(True, False, fp.explain(cache.meta["fingerprint_inputs"], current.inputs), current)
+    if verify_payload:
+        try:
+            verify_tensors(cache)
+        except InvalidCacheError as e:
+            return Freshness(True, False, [f"{path.name}: {p.message}" for p in e.problems], current)
+    return Freshness(True, True, [], current, cache)
 
 
 def _fingerprint(request: Request, known: fp.Known) -> fp.Fingerprint:
@@ -159,7 +168,7 @@ def ensure(
     if not force:
         state = check_freshness(request, path, verify_payload=verify_payload)
         if state.fresh:
-            return _result(request, path, "fresh", started, state)
+            return _result(path, "fresh", started, state, state.cache)
         known = state.fingerprint.known()
     with _parent_folder(path), locked(path, timeout=lock_timeout):
         remove_stale_temps(path)
@@ -167,7 +176,7 @@ def ensure(
         # source digests just taken are reused; a forced rebuild skips the old payload checksums.
         state = check_freshness(request, path, verify_payload=verify_payload and not force, known=known)
         if state.fresh and not force:
-            return _result(request, path, "fresh", started, state)
+            return _result(path, "fresh", started, state, state.cache)
         if state.exists and not state.fresh and on_stale == "error":
             raise StaleCacheError(
                 f"{path}: the cache is stale ({'; '.join(state.reasons)}); rebuild it (on_stale='rebuild' or bufconv build --force)",
@@ -177,7 +186,8 @@ def ensure(
         if state.exists and not state.fresh:
             log.warning("rebuilding %s: %s", path, "; ".join(state.reasons))
         _write(request, path, state.fingerprint, progress)
-    return _result(request, path, "rebuilt" if state.exists else "built", started, state)
+        built = read_cache(path, verify_payload=False)  # still under the lock: the file just written
+    return _result(path, "rebuilt" if state.exists else "built", started, state, built)
 
 
 @contextlib.contextmanager
@@ -263,8 +273,10 @@ class _progress_bar:
         self.bar.close()
 
 
-def _result(request: Request, path: Path, status: str, started: float, state: Freshness) -> BuildResult:
-    cache = read_cache(path, verify_payload=False)
+def _result(
+    path: Path, status: str, started: float, state: Freshness, cache: CacheFile | None
+) -> BuildResult:
+    assert cache is not None
     meta = cache.meta
     payload = sum(math.prod(meta["tensors"][k]["shape"]) for k in meta["keys"]["images"])
     return BuildResult(
@@ -278,6 +290,7 @@ def _result(request: Request, path: Path, status: str, started: float, state: Fr
         ranges={k: v["output"] for k, v in meta["ranges"].items()},
         fingerprint=meta["fingerprint"],
         reasons=state.reasons if status == "rebuilt" else [],
+        cache=cache,
     )
 
 
@@ -376,7 +389,7 @@ def _transitions(
     """reward, done, truncated, episode_index and next_index per frame (SPEC section 7)."""
     reward = columns[REWARD_KEY].astype(np.float32)
     if reward.size != frames:
-        raise DecodeError(
+        raise DatasetError(
             f"{source.root}: {REWARD_KEY!r} has {reward.size // max(frames, 1)} values per frame; expected one",
             path=source.root,
         )
@@ -390,7 +403,7 @@ def _transitions(
     next_index = np.where(done | last, index, index + 1)
     episode_index = np.repeat(np.asarray(sel.episodes, dtype=np.int64), lengths)
     if not np.array_equal(columns["episode_index"].astype(np.int64).reshape(frames), episode_index):
-        raise DecodeError(
+        raise DatasetError(
             f"{source.root}: episode_index column disagrees with the episode table", path=source.root
         )
     return {

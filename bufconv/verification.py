@@ -158,9 +158,9 @@ def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: Veri
     from .errors import BufconvError
     from .pipeline import check_freshness, prepare
 
-    built = cache.meta["fingerprint_inputs"]["options"]
-    declared = next(iter(built["ranges"].values()), 1)
     try:
+        built = cache.meta["fingerprint_inputs"]["options"]
+        declared = next(iter(built["ranges"].values()), 1)
         # The declared range, not the expected one: a range difference is reported once, as range-mismatch.
         options = BuildOptions(
             image_range=declared,
@@ -168,6 +168,10 @@ def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: Veri
             episodes=parse_episodes(built["episodes"]),
             tolerance_s=built["tolerance_s"],
         )
+    except (KeyError, TypeError, AttributeError, ValueError, StopIteration) as e:
+        report.add(E.INCONSISTENT, f"the header's build options are malformed ({type(e).__name__}: {e})")
+        return
+    try:
         state = check_freshness(prepare(dataset, options), cache.path, verify_payload=False)
     except BufconvError as e:
         report.add(E.STALE, f"cannot check against {dataset}: {e}")

@@ -229,11 +229,16 @@ def test_unknown_episode(lerobot_dataset: Callable[..., Path], out: Path) -> Non
     assert_nothing_written(out.parent)
 
 
-def test_unreadable_episode_selection(lerobot_dataset: Callable[..., Path], out: Path) -> None:
-    """`--episodes x`: says how to write a selection."""
-    line = build_fails(str(lerobot_dataset()), "-o", str(out), "--episodes", "x")
-    assert "'x'" in prose(line)
-    assert "0-9,15" in prose(line)
+@pytest.mark.parametrize(("option", "value"), [("--episodes", "x"), ("--episodes", "3-1"), ("--keys", ",")])
+def test_unreadable_selection_is_a_usage_error(
+    lerobot_dataset: Callable[..., Path], out: Path, option: str, value: str
+) -> None:
+    """`--episodes x` (or an empty --keys) is a usage error: exit 2, says how to write it, nothing written."""
+    result = CliRunner().invoke(cli, ["build", str(lerobot_dataset()), "-o", str(out), option, value])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr
+    assert ("0-9,15" if option == "--episodes" else "comma-separated") in result.stderr
     assert_nothing_written(out.parent)
 
 

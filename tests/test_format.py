@@ -505,6 +505,16 @@ def caches(draw: st.DrawFn) -> tuple[list[tuple[str, np.ndarray, torch.dtype]], 
         ],
         "fingerprint": "sha256:" + "0" * 64,
         "fingerprint_inputs": {},
+        "bufconv_version": "0.1.0",
+        "created": "2026-01-01T00:00:00+00:00",
+        "source": {
+            "root": "/nowhere",
+            "repo_id": None,
+            "codebase_version": "v3.0",
+            "fps": 10,
+            "revision": None,
+        },
+        "done_source": "next.done",
     }
     return items, meta
 
