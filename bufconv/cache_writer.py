@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import math
 import os
 import secrets
@@ -34,7 +35,7 @@ def temp_path_for(final: Path) -> Path:
 def remove_stale_temps(final: Path) -> list[Path]:
     """Delete temporary files left by builders of `final` that died. Call only while holding its lock."""
     removed = []
-    for path in final.parent.glob(f".{final.name}.tmp-*"):
+    for path in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)

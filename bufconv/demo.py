@@ -22,6 +22,7 @@ from .pipeline import build
 from .verification import verify
 from .writer import EpisodeData, write_dataset
 
+_MARKER = ".bufconv-demo"
 EPISODES = 4
 FRAMES = 30
 FPS = 10
@@ -90,10 +91,14 @@ def run_demo(directory: str | Path | None = None, echo: Callable[[str], object] 
     root.mkdir(parents=True, exist_ok=True)
     dataset = root / "pick_cube"
     cache = root / "offline_buffer.pt"
+    marker = dataset / _MARKER
     if dataset.exists():
+        if not marker.is_file():  # never delete a folder the demo did not make
+            raise BufconvError(f"{dataset}: exists and was not made by bufconv demo; choose another --dir")
         shutil.rmtree(dataset)
 
     write_dataset(dataset, synthetic_episodes(), fps=FPS, layout="v3.0")
+    marker.write_text("made by bufconv demo; safe to delete\n")
     cams = ", ".join(f"{k} {h}x{w}" for k, (h, w) in CAMERAS.items())
     echo(
         f"1. wrote a LeRobot v3.0 dataset with AV1 video: {EPISODES} episodes, {EPISODES * FRAMES} frames, cameras {cams}"

@@ -81,11 +81,16 @@ def _download(repo_id: str, local: Path) -> None:
         ) from None
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         raise DatasetError(f"{repo_id}: not on disk at {local}, and HF_HUB_OFFLINE is set; {fix}", path=local)
+    # Into a sibling first, renamed when complete: an interrupted download never looks like a dataset.
+    partial = local.with_name(f".{local.name}.partial")
     try:
-        snapshot_download(repo_id, repo_type="dataset", local_dir=local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        snapshot_download(repo_id, repo_type="dataset", local_dir=partial)
+        partial.rename(local)
     except Exception as e:  # the hub client raises many types; all mean "could not fetch"
         raise DatasetError(
-            f"{repo_id}: not on disk at {local}, and the Hugging Face hub could not be reached ({type(e).__name__}); {fix}",
+            f"{repo_id}: not on disk at {local}, and fetching it from the Hugging Face hub failed "
+            f"({type(e).__name__}: {e}); {fix}",
             path=local,
         ) from e
 

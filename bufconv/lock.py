@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import LockTimeoutError, unwritable_folder
+from .errors import CacheError, LockTimeoutError, unwritable_folder
 
 
 def lock_path_for(final: Path) -> Path:
@@ -32,23 +32,30 @@ def locked(final: Path, *, timeout: float | None = None, poll: float = 0.05) -> 
     path = lock_path_for(final)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise unwritable_folder(final.parent, e) from e
+        fd = _open_lock_file(path, final)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
             if deadline is not None and time.monotonic() > deadline:
+                # A dead holder cannot hold an flock: this one is alive (do not delete its lock file).
                 raise LockTimeoutError(
                     f"{final}: another process{holder} has been building this cache for over {timeout:g} s; "
-                    f"wait for it, or remove {path} if no such process exists",
+                    "wait for it to finish, or stop it",
                     path=final,
                 ) from None
             time.sleep(poll)
             continue
+        except OSError as e:  # ENOLCK / EOPNOTSUPP: some network and FUSE filesystems
+            os.close(fd)
+            with contextlib.suppress(OSError):  # no one can hold a lock here: the file is only debris
+                os.unlink(path)
+            raise CacheError(
+                f"{final.parent}: this filesystem does not support file locks ({os.strerror(e.errno or 0)}); "
+                "put the cache on a local disk with -o/--output",
+                path=final.parent,
+            ) from e
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -57,14 +64,29 @@ def locked(final: Path, *, timeout: float | None = None, poll: float = 0.05) -> 
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # a read-only descriptor: no pid, the lock still holds
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(path)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _open_lock_file(path: Path, final: Path) -> int:
+    """The lock file, opened for writing the holder's pid, or read-only if only that is allowed
+    (another user's lock file in a shared folder: flock works on read-only descriptors)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise unwritable_folder(final.parent, e) from e
+    except OSError as e:
+        raise unwritable_folder(final.parent, e) from e
 
 
 def _read_holder(fd: int) -> str:

@@ -21,6 +21,7 @@ class _Prefetch:
         self.ready: dict[int, Any] = {}
         self.stopped = False
         self.cond = threading.Condition()
+        self.threads: list[threading.Thread] = []
 
     def claim(self) -> int | None:
         """The next batch number to make, once fewer than `ahead` are pending; None when stopped."""
@@ -59,8 +60,12 @@ _running: weakref.WeakSet[_Prefetch] = weakref.WeakSet()
 
 @atexit.register
 def _stop_prefetching() -> None:
-    for state in list(_running):
+    states = list(_running)
+    for state in states:
         state.stop()
+    for state in states:  # let a producer inside a kernel finish it before the interpreter goes
+        for thread in state.threads:
+            thread.join(timeout=5)
 
 
 def prefetched(make: Callable[[int], T], ahead: int, threads: int) -> Iterator[T]:
@@ -85,6 +90,7 @@ def prefetched(make: Callable[[int], T], ahead: int, threads: int) -> Iterator[T
     workers = [
         threading.Thread(target=produce, name=f"bufconv-prefetch-{i}", daemon=True) for i in range(threads)
     ]
+    state.threads = workers
     for worker in workers:
         worker.start()
     _running.add(state)

@@ -39,6 +39,10 @@ class OutputPool:
         with self._lock:
             bucket = self._free.get(nbytes)
             memory = bucket.pop() if bucket else None
+        if bucket is None:
+            new_bucket: list[np.ndarray] = []  # made here, outside any finalizer
+            with self._lock:
+                self._free.setdefault(nbytes, new_bucket)
         if memory is None:
             memory = np.empty(nbytes, dtype=np.uint8)
         array = memory.view(kind).reshape(shape)  # a view: `memory` lives while it does
@@ -46,9 +50,11 @@ class OutputPool:
         return torch.from_numpy(array)  # the storage holds `array` until its last view dies
 
     def _give_back(self, nbytes: int, memory: np.ndarray) -> None:
+        # Runs as a finalizer, possibly from the garbage collector inside another pool call:
+        # nothing under the lock may allocate (it could trigger the collector and re-enter).
         with self._lock:
-            bucket = self._free.setdefault(nbytes, [])
-            if len(bucket) < self.keep:
+            bucket = self._free.get(nbytes)
+            if bucket is not None and len(bucket) < self.keep:
                 bucket.append(memory)
 
     def held_bytes(self) -> int:

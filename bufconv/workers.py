@@ -64,11 +64,17 @@ def serve() -> None:
 
 class _Worker:
     def __init__(self) -> None:
-        package_parent = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        package_parent = str(Path(__file__).resolve().parents[1])
+        if package_parent not in sys.path:  # bufconv imported from a path the child would not search
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), package_parent]))
+        # A session of their own: Ctrl-C reaches the parent only, which stops the workers.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bufconv.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            [sys.executable, "-m", "bufconv.workers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
@@ -191,6 +197,9 @@ class WorkerPool:
                     else:
                         selector.unregister(worker.stdout)
                         busy -= 1
+        except OSError:  # a pipe broke while sending: the worker is gone
+            if not errors:
+                errors.append(DecodeError("a decoding worker died; retry with --workers 1 to see why"))
         except BaseException as e:  # surfaced by run()
             errors.append(e)
         finally:

@@ -295,6 +295,46 @@ def test_repo_id_not_on_disk_while_offline(
     assert_nothing_written(out.parent)
 
 
+def test_interrupted_download_leaves_nothing_that_looks_like_a_dataset(
+    lerobot_dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: Path
+) -> None:
+    """A download that dies halfway (here: after copying meta/ only) fails with the hub's error and
+    leaves no `user/name` folder, so the next run fetches again instead of building from half a
+    dataset; a download that completes is then found and built."""
+    import huggingface_hub
+
+    home = tmp_path / "lerobot_home"
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    source = lerobot_dataset()
+    fetched: list[Path] = []
+
+    def dies_halfway(repo_id: str, *, repo_type: str, local_dir: Path) -> str:
+        fetched.append(Path(local_dir))
+        shutil.copytree(source / "meta", Path(local_dir) / "meta")
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", dies_halfway)
+    line = build_fails("someone/flaky", "-o", str(out))
+    assert "someone/flaky" in line and "connection reset by peer" in line
+    assert not (home / "someone" / "flaky").exists()
+    assert_nothing_written(out.parent)
+
+    def completes(repo_id: str, *, repo_type: str, local_dir: Path) -> str:
+        fetched.append(Path(local_dir))
+        if Path(local_dir).exists():  # huggingface_hub resumes into the folder it left
+            shutil.rmtree(local_dir)
+        shutil.copytree(source, local_dir)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", completes)
+    result = CliRunner().invoke(cli, ["build", "someone/flaky", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (home / "someone" / "flaky" / "meta" / "info.json").is_file()
+    assert len(fetched) == 2
+    assert bufconv.cache.read_header(out)["source"]["repo_id"] == "someone/flaky"
+
+
 def test_a_copy_of_the_intact_dataset_builds(dataset_copy: Callable[..., Path], out: Path) -> None:
     """Control for the cases above: the unmodified copy builds, so each failure is the damage's doing."""
     root = dataset_copy()

@@ -72,6 +72,20 @@ def test_demo_cli_runs_twice_in_the_same_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in directory.iterdir()) == ["offline_buffer.pt", "pick_cube"]
 
 
+def test_demo_never_deletes_a_pick_cube_folder_it_did_not_make(tmp_path: Path) -> None:
+    """`--dir` pointing at a folder holding someone's own `pick_cube`: the demo refuses, in one
+    line naming the folder, and the folder's files are untouched."""
+    own = tmp_path / "pick_cube"
+    own.mkdir()
+    (own / "episode_notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["demo", "--dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.stderr
+    assert str(own) in result.stderr and "--dir" in result.stderr
+    assert (own / "episode_notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pick_cube"]
+
+
 def test_demo_console_script(tmp_path: Path) -> None:
     """The installed `bufconv demo` works in a fresh process (no network, no LeRobot needed at runtime)."""
     script = Path(sys.executable).with_name("bufconv")

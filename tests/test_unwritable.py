@@ -23,6 +23,8 @@ bits are not enforced):
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import json
 import os
 import resource
@@ -168,6 +170,50 @@ def test_read_only_folder_cli(read_only: tuple[Path, Path, bytes]) -> None:
     done = run_restricted("-c", CLI, "build", str(dataset), "-o", str(cache), "--force", "--workers", "1")
     assert done.returncode == 1, done.stderr
     assert_one_line_cli_error(done.stderr, cache.parent)
+    assert cache.read_bytes() == data
+    assert debris(cache) == []
+
+
+# ---- locks ---------------------------------------------------------------------------------------
+
+
+LOCKED_BY_ANOTHER_USER = r"""
+import sys
+import bufconv
+print(bufconv.load_or_build(sys.argv[1], sys.argv[2], image_range=255, workers=1, use_drq=False).status)
+"""
+
+
+def test_lock_file_left_read_only_by_another_user(old_cache: tuple[Path, Path, bytes]) -> None:
+    """A shared folder holding a lock file this process may not write (another user made it): the
+    lock is still taken through a read-only descriptor, the rebuild happens, nothing is left."""
+    dataset, cache, _ = old_cache
+    lock = cache.parent / f".{cache.name}.lock"
+    lock.write_text("")
+    lock.chmod(0o444)
+    done = run_restricted("-c", LOCKED_BY_ANOTHER_USER, str(dataset), str(cache))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["rebuilt"]
+    ranges = bufconv.cache.read_header(cache)["ranges"]
+    assert ranges and all(r == {"storage": "uint8", "output": 255} for r in ranges.values())
+    assert debris(cache) == []
+
+
+def test_filesystem_without_file_locks(
+    old_cache: tuple[Path, Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flock failing with ENOLCK (some NFS and FUSE mounts): a CacheError naming the folder and
+    the fix (a local disk via -o/--output), no lock file left, the old cache untouched."""
+    dataset, cache, data = old_cache
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(CacheError) as error:
+        load(dataset, cache, image_range=255)
+    assert_clear_error(str(error.value), cache.parent)
+    assert "lock" in str(error.value)
     assert cache.read_bytes() == data
     assert debris(cache) == []
 
