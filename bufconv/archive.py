@@ -2,12 +2,12 @@
 
 `torch.save` needs every tensor in memory and then copies it into the file. A cache holds
 hundreds of megabytes of frames, so bufconv lays the archive out first (local headers, aligned
-holes for the tensor bytes), lets the decoders write frames straight into the file through a
-memory map, and writes the pickle, the small records and the central directory last.
+holes for the tensor bytes), lets the decoders' writer thread fill those holes with `pwrite`,
+and writes the pickle, the small records and the central directory last.
 
 The layout follows what torch's writer (miniz) produces, record for record: stored entries,
 flag 0x0808 with a data descriptor after each record, payloads 64-byte aligned by an "FB"
-padding extra field, zip64 extra fields past 4 GiB, a zip64 end record. So `torch.load` reads
+padding extra field, zip64 extra fields past 4 GiB, and (always) a zip64 end record. So `torch.load` reads
 it with or without `mmap=True`, and even with `calculate_storage_offsets`. CRC-32 fields are
 zero for tensor records, as torch writes them under `set_crc32_options(False)`; integrity is
 checked with xxh3-128 instead (see docs/format.md).

@@ -82,7 +82,7 @@ class OfflineBuffer:
             the caller has dropped (5x cheaper than fresh pages; a batch still held is never reused).
 
     Attributes:
-        status: "hit" (fresh cache used), "built" or "rebuilt".
+        status: "hit" (fresh cache used), "built" or "rebuilt"; "opened" from `open_buffer`.
         stale_reasons: Why the cache was rebuilt (empty otherwise).
         image_range: 1 or 255: the range image batches come out in.
         state_keys: Keys of `state`/`next_state`.

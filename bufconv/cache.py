@@ -35,27 +35,10 @@ from .sink import NUMPY_DTYPES
 FORMAT = "bufconv.offline_buffer"
 FORMAT_VERSION = 1
 
-_DTYPES: dict[str, torch.dtype] = {
-    "uint8": torch.uint8,
-    "int8": torch.int8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bool": torch.bool,
-}
-
 
 def dtype_name(dtype: torch.dtype) -> str:
     """'uint8' for torch.uint8: the spelling used in the header."""
     return str(dtype).removeprefix("torch.")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return _DTYPES[name]
 
 
 @dataclass(frozen=True)
@@ -74,7 +57,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 # ---- reading ------------------------------------------------------------------------------

@@ -213,9 +213,9 @@ class CacheWriter:
 def _reserve_space(fd: int, size: int, preallocate: bool) -> None:
     """Size the file, allocating its blocks now when asked.
 
-    Frames are written through a memory map; on a sparse file a full disk would surface as
-    SIGBUS in the middle of decoding. Allocating up front turns that into ENOSPC here, before
-    any work (measured: no slower than filling a sparse file).
+    On a sparse file a full disk would surface as ENOSPC from a `pwrite` in the middle of
+    decoding, after minutes of work. Allocating up front fails here instead, before any work
+    (measured: no slower than filling a sparse file).
     """
     if preallocate and size and hasattr(os, "posix_fallocate"):
         try:

@@ -121,14 +121,6 @@ class SourceDataset:
 
     # ---- metadata -------------------------------------------------------------------------
 
-    @property
-    def video_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, f in self.features.items() if f.dtype == "video")
-
-    @property
-    def image_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, f in self.features.items() if f.dtype == "image")
-
     def revision(self) -> str | None:
         """The hub commit a downloaded dataset came from, if huggingface_hub recorded one."""
         marker = self.root / ".cache" / "huggingface" / "download" / (INFO_PATH + ".metadata")

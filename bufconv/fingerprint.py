@@ -1,7 +1,7 @@
 """The fingerprint: a hash over everything that gives a cache its meaning, with its inputs kept.
 
 Inputs (recorded in the cache header next to the hash, so a mismatch can say what changed):
-the format version; the options (output range per image key, state keys, episodes,
+the format version; the converter version (`CONVERTER_VERSION`); the options (output range per image key, state keys, episodes,
 `tolerance_s`); and the source dataset's identity: its codebase version and, for each metadata,
 data and video file the build read, the size and xxh3-128 digest of its content.
 
@@ -27,6 +27,11 @@ from .dataset import Selection, SourceDataset
 from .options import BuildOptions, format_episodes
 
 _CHUNK = 8 << 20
+
+#: What a build makes of the same inputs: which frame each row gets, the transition semantics.
+#: Bump it when a bufconv release changes that (a decoding fix, say), so caches built by the
+#: earlier converter are rebuilt rather than trusted; the file format has its own version.
+CONVERTER_VERSION = 1
 
 
 def file_digest(path: Path) -> str:
@@ -109,6 +114,7 @@ def compute(
         stats[rel] = [st.st_size, st.st_mtime_ns]
     inputs = {
         "format_version": format_version,
+        "converter_version": CONVERTER_VERSION,
         "options": option_inputs(options, selection),
         "source": {"codebase_version": source.version, "files": files},
     }
@@ -130,6 +136,11 @@ def explain(cached: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str
     if cached.get("format_version") != requested.get("format_version"):
         reasons.append(
             f"format version: cache {cached.get('format_version')}, expected {requested.get('format_version')}"
+        )
+    if cached.get("converter_version") != requested.get("converter_version"):
+        reasons.append(
+            f"converter version: cache {cached.get('converter_version')}, now {requested.get('converter_version')} "
+            "(this bufconv converts differently)"
         )
     old_opts, new_opts = cached.get("options", {}), requested.get("options", {})
     old_ranges, new_ranges = old_opts.get("ranges", {}), new_opts.get("ranges", {})

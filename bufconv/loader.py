@@ -99,6 +99,8 @@ def open_buffer(
 ) -> OfflineBuffer:
     """Open an existing cache as a buffer without its dataset (no freshness check; integrity is checked).
 
+    The buffer's `status` is "opened": nothing said whether the cache matches any dataset.
+
     Raises:
         InvalidCacheError: the file is not a valid cache.
     """
@@ -110,4 +112,5 @@ def open_buffer(
         use_drq=use_drq,
         capacity=capacity,
         generator=generator,
+        status="opened",
     )

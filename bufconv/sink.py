@@ -75,9 +75,9 @@ class Target:
     def row_bytes(self) -> int:
         return math.prod(self.shape[1:]) * np.dtype(NUMPY_DTYPES[self.dtype]).itemsize
 
-    def sink(self, threaded: bool = True) -> RowSink:
+    def sink(self) -> RowSink:
         """A `RowSink` writing into this tensor (opens the file; close the sink when done)."""
-        return RowSink(self, threaded=threaded)
+        return RowSink(self)
 
 
 class RowSink:
@@ -87,12 +87,11 @@ class RowSink:
     of consecutive rows are written together). The frame is copied into a run buffer at once,
     so the caller's array can be freed and its memory reused; a background thread converts
     each full run to (C, H, W) and writes it, so the transposing copy and the kernel's copy run
-    on another core while the caller decodes (`threaded=False` does it inline: for worker
-    processes, which already fill every core). `close()` (or leaving the `with` block) writes
+    on another core while the caller decodes. `close()` (or leaving the `with` block) writes
     what is pending and waits; write errors surface there.
     """
 
-    def __init__(self, target: Target, stage_bytes: int = STAGE_BYTES, *, threaded: bool = True) -> None:
+    def __init__(self, target: Target, stage_bytes: int = STAGE_BYTES) -> None:
         self.target = target
         self.row_shape = tuple(target.shape[1:])
         self.row_bytes = target.row_bytes
@@ -102,15 +101,13 @@ class RowSink:
         self._stage = np.empty((self.rows_per_run, channels, height, width), dtype=dtype)
         # Three run buffers: one being filled, one being written, one spare.
         self._free: queue.Queue[np.ndarray] = queue.Queue()
-        for _ in range(3 if threaded else 1):
+        for _ in range(3):
             self._free.put(np.empty((self.rows_per_run, height, width, channels), dtype=dtype))
         self._runs: queue.Queue[tuple[np.ndarray, int, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self.fd = os.open(target.path, os.O_WRONLY)
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._write_loop, name="bufconv-writer", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._write_loop, name="bufconv-writer", daemon=True)
+        self._thread.start()
         self._run: np.ndarray | None = None
         self._first = 0
         self._count = 0
@@ -143,10 +140,7 @@ class RowSink:
         if self._run is not None:
             item = (self._run, self._first, self._count)
             self._run = None
-            if self._thread is not None:
-                self._runs.put(item)
-            else:
-                self._write_run(*item)
+            self._runs.put(item)
 
     def _write_loop(self) -> None:
         while True:
@@ -180,9 +174,8 @@ class RowSink:
         if flush:
             self._flush()
         self._run = None
-        if self._thread is not None:
-            self._runs.put(None)
-            self._thread.join()
+        self._runs.put(None)
+        self._thread.join()
         os.close(self.fd)
         self.fd = -1
         if flush and self._error is not None:

@@ -65,9 +65,7 @@ class ImageUnit:
 Unit = VideoUnit | ImageUnit
 
 
-def run_unit(
-    unit: Unit, on_episode: OnEpisode | None = None, sink: RowSink | None = None, *, threaded: bool = True
-) -> int:
+def run_unit(unit: Unit, on_episode: OnEpisode | None = None, sink: RowSink | None = None) -> int:
     """Do one unit of work; returns the number of frames written.
 
     Args:
@@ -76,10 +74,9 @@ def run_unit(
         sink: Where the frames go; by default a sink of its own, closed before returning
             (worker processes). In-process builds pass one sink per tensor, kept open across
             units, so one unit's writing overlaps the next one's decoding.
-        threaded: For its own sink: write from a background thread (see `RowSink`).
     """
     if sink is None:
-        with unit.target.sink(threaded=threaded) as own:
+        with unit.target.sink() as own:
             return run_unit(unit, on_episode, own)
     if isinstance(unit, VideoUnit):
         return decode_video(

@@ -138,6 +138,7 @@ def test_transitions_equal_lerobot_values(oracle: Oracle) -> None:
     rb = oracle.replay
     n = len(rb)
     assert len(buf) == n == buf.dataset_transitions
+    assert buf.status == "opened"  # no dataset was consulted
     assert buf.image_keys == list(IMAGE_KEYS)
     batch = buf[list(range(n))]
     for key in STATE_KEYS:

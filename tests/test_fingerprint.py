@@ -239,6 +239,26 @@ def test_cache_fingerprinted_under_another_format_version_is_stale(
     assert load(dataset, cache).status == "hit"
 
 
+def test_cache_from_an_earlier_converter_is_stale(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache whose inputs record another converter version (a bufconv that chose frames or
+    transitions differently) is stale, with that reason, though format and data are unchanged."""
+    cache = tmp_path / "offline_buffer.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(bufconv.fingerprint, "CONVERTER_VERSION", 0)
+        assert load(dataset, cache).status == "built"
+        assert load(dataset, cache).status == "hit"
+    expected = "converter version: cache 0, now 1 (this bufconv converts differently)"
+    with pytest.raises(StaleCacheError) as refused:
+        load(dataset, cache, on_stale="error")
+    assert refused.value.reasons == [expected]
+    rebuilt = load(dataset, cache)
+    assert (rebuilt.status, rebuilt.stale_reasons) == ("rebuilt", [expected])
+    assert torch.load(cache, weights_only=True)["meta"]["fingerprint_inputs"]["converter_version"] == 1
+    assert load(dataset, cache).status == "hit"
+
+
 def test_file_whose_top_level_format_version_is_not_1_is_rejected(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

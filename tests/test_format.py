@@ -189,6 +189,8 @@ def test_fingerprint_is_sha256_of_its_inputs(top: dict[str, Any], dataset: Path)
     canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     assert meta["fingerprint"] == "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
     assert inputs["format_version"] == 1
+    assert inputs["converter_version"] == 1
+    assert set(inputs) == {"format_version", "converter_version", "options", "source"}
     assert inputs["options"] == {
         "ranges": {FRONT: 1, WRIST: 1},
         "state_keys": [FRONT, WRIST, "observation.state"],
