@@ -12,6 +12,7 @@ a bounded ring next to the read-only dataset part, range-checked and stored as u
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,9 +28,9 @@ from .prefetch import prefetched
 from .ranges import check_range, from_uint8, to_uint8
 from .recycle import OutputPool
 
-try:  # Python >= 3.11
+if sys.version_info >= (3, 11):
     from typing import NotRequired, TypedDict
-except ImportError:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10
     from typing_extensions import NotRequired, TypedDict
 
 DEFAULT_CAPACITY = 100_000  # LeRobot's default offline_buffer_capacity
