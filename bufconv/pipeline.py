@@ -35,16 +35,13 @@ from .errors import CacheError, DatasetError, InvalidCacheError, StaleCacheError
 from .layouts import open_dataset
 from .lock import locked
 from .options import DEFAULT_TOLERANCE_S, BuildOptions
-from .plan import frame_chw, plan_units
+from .plan import frame_chw, plan_units, use_workers
 from .units import run_here, run_unit
 from .workers import WorkerPool
 
 log = logging.getLogger("bufconv")
 
 Progress = Callable[[int], None]
-
-#: Below this many frames (all cameras), starting worker processes costs more than it saves.
-MIN_PARALLEL_FRAMES = 1500
 
 
 @dataclass(frozen=True)
@@ -301,7 +298,7 @@ def _write(request: Request, path: Path, fingerprint: fp.Fingerprint, progress: 
     source, sel, options = request.source, request.selection, request.options
     lengths = [source.episodes[e].length for e in sel.episodes]
     # Workers start first, so they import while this process reads the parquet data.
-    parallel = options.workers > 1 and sum(lengths) * len(sel.image_keys) >= MIN_PARALLEL_FRAMES
+    parallel = use_workers(source, sel, options)
     with WorkerPool(options.workers) if parallel else contextlib.nullcontext() as pool:
         _write_with(request, path, fingerprint, progress, lengths, pool)
 

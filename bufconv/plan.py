@@ -18,6 +18,21 @@ from .video import FrameJob
 #: and it leaves the other core to the thread writing the file.
 SINGLE_THREAD_PIXELS = 256 * 256
 
+#: Below this many pixels to decode (frames x cameras x height x width), starting worker
+#: processes (~0.15 s of imports) costs more than it saves. Measured with scripts/bench.py on
+#: 2 cores, two 128x128 AV1 cameras: 1,000 frames (33 Mpx) 0.29 s in-process vs 0.33 s with
+#: workers; 4,000 frames (131 Mpx) 1.00 s vs 0.82 s; the lines cross near 1,500 frames.
+MIN_PARALLEL_PIXELS = 48 << 20
+
+
+def use_workers(source: SourceDataset, sel: Selection, options: BuildOptions) -> bool:
+    """Whether a build decodes in worker processes: more than one asked for, and enough to decode."""
+    if options.workers <= 1:
+        return False
+    frames = sum(source.episodes[e].length for e in sel.episodes)
+    pixels_per_frame = sum(math.prod(frame_chw(source, key)[1:]) for key in sel.image_keys)
+    return frames * pixels_per_frame >= MIN_PARALLEL_PIXELS
+
 
 def decoder_threads(pixels: int, parallel: bool) -> int:
     """Threads per decoder: 1 with worker processes (they fill the cores) or small frames, else FFmpeg's choice."""

@@ -8,7 +8,10 @@
 The dataset (unless given) is written with LeRobot's own writer in the HIL-SERL shape: two
 128x128 AV1 cameras, 18-d state, 4-d action, reward and done, episodes of 100 frames. Every
 measurement runs in a fresh Python process, so imports, page cache of the process and peak RSS
-are its own; RSS is reported above the process's baseline after imports.
+are its own; RSS is reported above the process's baseline after imports. A build with worker
+processes reports the peak RSS summed over its process tree (libraries the processes share are
+counted once per process: an upper bound). RSS includes file pages the process maps: a warm start maps the cache while
+verifying its checksums, so its peak counts those (reclaimable page cache, not allocations).
 
 Measurements:
   lerobot            ReplayBuffer.from_lerobot_dataset (as the learner calls it), then sample(256)
@@ -65,8 +68,11 @@ def _peak_mb() -> float:
 class TreeRss:
     """Samples the RSS of this process plus all its descendants (decoding workers) every 10 ms.
 
-    ru_maxrss of children is useless here: a child started by fork+exec inherits the parent's
-    peak, so a 90 MB worker reports the 600 MB of the process that started it.
+    A child that has not exec'd yet (same command line as its parent) is skipped: between
+    fork and exec it shares its parent's pages, and counting them again would double the
+    parent. ru_maxrss of children is no better: a child started by fork+exec inherits the
+    parent's peak. (PSS would split shared pages exactly, but reading smaps_rollup costs ~2 ms
+    a process, a quarter of a core at this rate: it would slow the build it measures.)
     """
 
     def __init__(self) -> None:
@@ -78,9 +84,13 @@ class TreeRss:
         self._thread.start()
 
     @staticmethod
-    def _tree_mb(pid: int) -> float:
+    def tree_mb(pid: int, parent_cmdline: bytes = b"") -> float:
         total = 0.0
         try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if cmdline == parent_cmdline:
+                return 0.0
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
@@ -88,14 +98,14 @@ class TreeRss:
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/children") as f:
                     for child in f.read().split():
-                        total += TreeRss._tree_mb(int(child))
+                        total += TreeRss.tree_mb(int(child), cmdline)
         except (FileNotFoundError, ProcessLookupError):
             pass
         return total
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._tree_mb(os.getpid()))
+            self.peak = max(self.peak, self.tree_mb(os.getpid()))
 
     def stop(self) -> float:
         self._stop.set()
@@ -146,6 +156,7 @@ def measure(name: str, dataset: str, cache: str, workers: int) -> dict[str, Any]
         import bufconv
 
         baseline = _rss_mb()
+        tree_baseline = TreeRss.tree_mb(os.getpid())
         tree = TreeRss()
         progress = name.endswith("progress")
         result = bufconv.build(dataset, cache, image_range=1, workers=workers, force=True, progress=progress)
@@ -154,7 +165,7 @@ def measure(name: str, dataset: str, cache: str, workers: int) -> dict[str, Any]
             frames=result.frames,
             file_bytes=result.file_bytes,
             payload_bytes=result.payload_bytes,
-            tree_peak_above_baseline_mb=tree.stop() - baseline,
+            tree_peak_above_baseline_mb=tree.stop() - tree_baseline,
         )
     elif name == "warm":
         import bufconv
@@ -338,7 +349,7 @@ def main() -> None:
     parser.add_argument(
         "--no-lerobot",
         action="store_true",
-        help="skip LeRobot's conversion (it needs ~1.8 GB per 1,000 frames)",
+        help="skip LeRobot's conversion (it needs ~1.2 GB of memory per 1,000 frames)",
     )
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs of each build/decode measurement (median reported)"

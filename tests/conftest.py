@@ -141,6 +141,6 @@ def spec() -> type[Spec]:
 def _workers_even_for_tiny_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Builds asking for several workers use worker processes even on test-sized datasets
     (in real use, small datasets are decoded in-process: workers would cost more than they save)."""
-    import bufconv.pipeline
+    import bufconv.plan
 
-    monkeypatch.setattr(bufconv.pipeline, "MIN_PARALLEL_FRAMES", 0)
+    monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,27 @@ def test_parallel_build_is_identical_to_single_worker(
         assert other["meta"]["tensors"] == reference["meta"]["tensors"]  # dtypes, shapes and checksums
         assert other["meta"]["fingerprint"] == reference["meta"]["fingerprint"]
     assert pools == [2, 3]  # the other builds really ran worker processes
+
+
+def test_small_builds_decode_in_process_even_when_workers_are_asked_for(
+    lerobot_dataset: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes only pay off above MIN_PARALLEL_PIXELS to decode (frames x pixels of every
+    camera): below it, or with one worker, the build stays in-process."""
+    import bufconv.plan
+    from bufconv.layouts import open_dataset
+    from bufconv.options import BuildOptions
+
+    source = open_dataset(lerobot_dataset())
+    options = BuildOptions(workers=2)
+    selection = source.select(options)
+    frames = sum(source.episodes[e].length for e in selection.episodes)
+    pixels = frames * sum(math.prod(bufconv.plan.frame_chw(source, key)[1:]) for key in selection.image_keys)
+    monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", pixels)
+    assert bufconv.plan.use_workers(source, selection, options)
+    assert not bufconv.plan.use_workers(source, selection, BuildOptions(workers=1))
+    monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", pixels + 1)
+    assert not bufconv.plan.use_workers(source, selection, options)
 
 
 def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]) -> None:
