@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -182,6 +182,9 @@ def ensure(
             )
         if state.exists and not state.fresh:
             log.warning("rebuilding %s: %s", path, "; ".join(state.reasons))
+        # Unmap the old cache before replacing it: unmapped last, after the replace, it would
+        # free the old file's pages and blocks here (~80 ms per 400 MB), not in the background.
+        state = replace(state, cache=None)
         _write(request, path, state.fingerprint, progress)
         built = read_cache(path, verify_payload=False)  # still under the lock: the file just written
     return _result(path, "rebuilt" if state.exists else "built", started, state, built)

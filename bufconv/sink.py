@@ -1,9 +1,11 @@
 """Writing tensor rows into a cache file being built: staged, written with pwrite in a thread.
 
-Decoders fill rows of a staging buffer; a background thread writes each full run of rows to
-the file with `pwrite` and asks the kernel to start writing it to disk (`sync_file_range`), so
-copying into the page cache and disk writeback overlap decoding, and the final fsync has
-almost nothing left to do. Memory stays at a few staging buffers, whatever the cache size.
+Decoders hand over rows; a background thread converts them (a decoded video frame's colour
+conversion runs there, off the decoding thread), writes each full run of rows to the file
+with `pwrite` and asks the kernel to start writing it to disk (`sync_file_range`), so
+conversion, copying into the page cache and disk writeback overlap decoding, and the final
+fsync has almost nothing left to do. Memory stays at a few staging buffers, whatever the
+cache size.
 Nothing here imports torch: worker processes use it too.
 """
 
@@ -15,6 +17,7 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -27,6 +30,8 @@ NUMPY_DTYPES: dict[str, Any] = {
     "float16": np.float16, "float32": np.float32, "float64": np.float64, "bool": np.bool_,
 }  # fmt: skip
 STAGE_BYTES = 2 << 20
+Frame = Callable[[], np.ndarray]
+"""A row converted on the writer thread: called once, returns a uint8 (H, W, C) array."""
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -83,12 +88,14 @@ class Target:
 class RowSink:
     """Frames of one image tensor (uint8 N, C, H, W), written to the file in runs of consecutive rows.
 
-    Usage: `sink.put(row, frame)` with `frame` a uint8 (H, W, C) array, rows in any order (runs
-    of consecutive rows are written together). The frame is copied into a run buffer at once,
-    so the caller's array can be freed and its memory reused; a background thread converts
-    each full run to (C, H, W) and writes it, so the transposing copy and the kernel's copy run
-    on another core while the caller decodes. `close()` (or leaving the `with` block) writes
-    what is pending and waits; write errors surface there.
+    Usage: `sink.put(row, frame)` with `frame` a uint8 (H, W, C) array, or a callable that
+    returns one; rows in any order (runs of consecutive rows are written together). An array
+    is copied into a run buffer at once, so the caller's array can be freed and its memory
+    reused; a callable (a decoded frame's `to_ndarray`) is called on a background thread. That
+    thread also converts each full run to (C, H, W) and writes it, so colour conversion, the
+    transposing copy and the kernel's copy run on another core while the caller decodes.
+    `close()` (or leaving the `with` block) writes what is pending and waits; conversion and
+    write errors surface there (or at the next `put`).
     """
 
     def __init__(self, target: Target, stage_bytes: int = STAGE_BYTES) -> None:
@@ -103,12 +110,13 @@ class RowSink:
         self._free: queue.Queue[np.ndarray] = queue.Queue()
         for _ in range(3):
             self._free.put(np.empty((self.rows_per_run, height, width, channels), dtype=dtype))
-        self._runs: queue.Queue[tuple[np.ndarray, int, int] | None] = queue.Queue()
+        self._runs: queue.Queue[tuple[np.ndarray, int, int, list[tuple[int, Frame]]] | None] = queue.Queue()
         self._error: BaseException | None = None
         self.fd = os.open(target.path, os.O_WRONLY)
         self._thread = threading.Thread(target=self._write_loop, name="bufconv-writer", daemon=True)
         self._thread.start()
         self._run: np.ndarray | None = None
+        self._later: list[tuple[int, Frame]] = []  # (index in the run, callable) converted by the writer
         self._first = 0
         self._count = 0
         # Rows written in order from row 0 are also hashed on the way (the tensor checksum,
@@ -124,22 +132,25 @@ class RowSink:
     ) -> None:
         self.close(flush=kind is None)
 
-    def put(self, row: int, frame: np.ndarray) -> None:
-        """Make `frame` (H, W, C) row `row` of the tensor, as (C, H, W)."""
+    def put(self, row: int, frame: np.ndarray | Frame) -> None:
+        """Make `frame` (H, W, C, or a callable returning it) row `row` of the tensor, as (C, H, W)."""
         if self._error is not None:
             raise self._error
         if self._run is not None and (row != self._first + self._count or self._count == self.rows_per_run):
             self._flush()
         if self._run is None:
             self._run = self._free.get()
-            self._first, self._count = row, 0
-        self._run[self._count] = frame
+            self._first, self._count, self._later = row, 0, []
+        if callable(frame):
+            self._later.append((self._count, frame))
+        else:
+            self._run[self._count] = frame
         self._count += 1
 
     def _flush(self) -> None:
         if self._run is not None:
-            item = (self._run, self._first, self._count)
-            self._run = None
+            item = (self._run, self._first, self._count, self._later)
+            self._run, self._later = None, []
             self._runs.put(item)
 
     def _write_loop(self) -> None:
@@ -149,9 +160,11 @@ class RowSink:
                 return
             self._write_run(*item)
 
-    def _write_run(self, run: np.ndarray, first: int, count: int) -> None:
+    def _write_run(self, run: np.ndarray, first: int, count: int, later: list[tuple[int, Frame]]) -> None:
         try:
             if self._error is None:
+                for index, convert in later:
+                    run[index] = convert()
                 stage = self._stage[:count]
                 np.copyto(stage, run[:count].transpose(0, 3, 1, 2))  # one call per run: little GIL time
                 offset = self.target.offset + first * self.row_bytes
@@ -173,7 +186,7 @@ class RowSink:
             return
         if flush:
             self._flush()
-        self._run = None
+        self._run, self._later = None, []
         self._runs.put(None)
         self._thread.join()
         os.close(self.fd)

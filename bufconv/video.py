@@ -2,13 +2,15 @@
 
 LeRobot's reader seeks and decodes per sample (each frame two or three times over). Here a file
 is decoded in one pass; every decoded frame is matched against the parquet timestamps the
-build asked for, and written straight into its row of the output (uint8, channels first).
+build asked for, and handed to the output's writer thread, which converts it to RGB and
+writes it into its row of the output (uint8, channels first).
 Pixels are produced exactly as LeRobot's PyAV backend produces them (`to_ndarray("rgb24")`),
 so they are bit-identical to what LeRobot returns before its /255.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -204,7 +206,9 @@ def _fill(
                 ),
                 path=path,
             )
-        pixels = frame.to_ndarray(format="rgb24")  # exactly LeRobot's PyAV path: (H, W, 3) uint8
+        # Exactly LeRobot's PyAV path, (H, W, 3) uint8, converted on the sink's writer thread
+        # while this one decodes on.
+        pixels = functools.partial(frame.to_ndarray, format="rgb24")
         # Several rows may want the same frame (duplicate timestamps): give it to all of them.
         while i < len(wanted) and abs(t - wanted[i]) < tol:
             out.put(rows[i], pixels)
