@@ -124,7 +124,10 @@ def cli(verbose: bool) -> None:
     "--episodes", callback=_parsed(parse_episodes), help="Episodes to include, e.g. 0-9,15 (default: all)."
 )
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=None, help="Decoding processes (default: all cores)."
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most decoding processes (default: all cores; one per two cores is used at most).",
 )
 @click.option(
     "--tolerance-s",

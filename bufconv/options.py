@@ -104,7 +104,9 @@ class BuildOptions:
     """Largest allowed distance between a parquet timestamp and its decoded video frame (LeRobot's default)."""
 
     workers: int = field(default=1, compare=False)
-    """Decoding processes. Does not change the output, so it is not part of the fingerprint."""
+    """Most decoding processes to use (a build uses at most one per two cores, and none for small
+    builds: see `plan.worker_processes`). Does not change the output, so it is not part of the
+    fingerprint."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_range", validate_range(self.image_range))

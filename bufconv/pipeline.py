@@ -35,7 +35,7 @@ from .errors import CacheError, DatasetError, InvalidCacheError, StaleCacheError
 from .layouts import open_dataset
 from .lock import locked
 from .options import DEFAULT_TOLERANCE_S, BuildOptions
-from .plan import frame_chw, plan_units, use_workers
+from .plan import frame_chw, plan_units, worker_processes
 from .units import run_here, run_unit
 from .workers import WorkerPool
 
@@ -301,8 +301,8 @@ def _write(request: Request, path: Path, fingerprint: fp.Fingerprint, progress: 
     source, sel, options = request.source, request.selection, request.options
     lengths = [source.episodes[e].length for e in sel.episodes]
     # Workers start first, so they import while this process reads the parquet data.
-    parallel = use_workers(source, sel, options)
-    with WorkerPool(options.workers) if parallel else contextlib.nullcontext() as pool:
+    processes = worker_processes(source, sel, options)
+    with WorkerPool(processes) if processes else contextlib.nullcontext() as pool:
         _write_with(request, path, fingerprint, progress, lengths, pool)
 
 
@@ -367,7 +367,13 @@ def _write_with(
         for name, values in stored.items():
             writer.write(name, values)
         units = plan_units(
-            source, sel, options, writer.target, starts, columns["timestamp"], parallel=pool is not None
+            source,
+            sel,
+            options,
+            writer.target,
+            starts,
+            columns["timestamp"],
+            processes=pool.size if pool else 0,
         )
         checksums: dict[str, str] = {}
         if pool is not None:

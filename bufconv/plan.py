@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .dataset import Selection, SourceDataset
-from .options import BuildOptions
+from .options import BuildOptions, default_workers
 from .sink import Target
 from .units import ImageUnit, Unit, VideoUnit
 from .video import FrameJob
@@ -24,14 +24,31 @@ SINGLE_THREAD_PIXELS = 256 * 256
 #: workers; 4,000 frames (131 Mpx) 1.00 s vs 0.82 s; the lines cross near 1,500 frames.
 MIN_PARALLEL_PIXELS = 48 << 20
 
+#: Cores one decoding process keeps busy: its decoding thread, and its sink's writer thread
+#: (colour conversion, transposition, writing). More processes than cores / 2 only compete:
+#: measured on 2 cores (scripts/bench.py datasets), 2 worker processes against one in-process
+#: build took 1.03 vs 1.02 s at 4,000 frames and 4.70 vs 4.57 s at 16,000.
+CORES_PER_PROCESS = 2
 
-def use_workers(source: SourceDataset, sel: Selection, options: BuildOptions) -> bool:
-    """Whether a build decodes in worker processes: more than one asked for, and enough to decode."""
-    if options.workers <= 1:
-        return False
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return default_workers()
+
+
+def worker_processes(source: SourceDataset, sel: Selection, options: BuildOptions) -> int:
+    """How many processes decode a build (this one included, as `WorkerPool` counts); 0 means
+    this process alone, without a pool.
+
+    At most `options.workers`, and one per `CORES_PER_PROCESS` cores; none unless that makes
+    two or more and the build has at least `MIN_PARALLEL_PIXELS` to decode.
+    """
+    processes = min(options.workers, usable_cores() // CORES_PER_PROCESS)
+    if processes < 2:
+        return 0
     frames = sum(source.episodes[e].length for e in sel.episodes)
     pixels_per_frame = sum(math.prod(frame_chw(source, key)[1:]) for key in sel.image_keys)
-    return frames * pixels_per_frame >= MIN_PARALLEL_PIXELS
+    return processes if frames * pixels_per_frame >= MIN_PARALLEL_PIXELS else 0
 
 
 def decoder_threads(pixels: int, parallel: bool) -> int:
@@ -55,7 +72,7 @@ def plan_units(
     starts: np.ndarray,
     timestamps: np.ndarray,
     *,
-    parallel: bool,
+    processes: int = 0,
 ) -> list[Unit]:
     """The decoding units of a build, largest first.
 
@@ -63,16 +80,17 @@ def plan_units(
         target: Where each image key's tensor is written (`CacheWriter.target`).
         starts: First row of each selected episode.
         timestamps: The parquet timestamp of every row.
-        parallel: Worker processes will share the units: long files are then split at episode
-            boundaries into units of about a third of a worker's share, so the load evens out.
+        processes: Processes that will share the units (0: this one alone). Long files are then
+            split at episode boundaries into units of about a third of a process's share, so
+            the load evens out.
     """
     total = int(sum(source.episodes[e].length for e in sel.episodes)) * len(sel.image_keys)
-    split = max(1, math.ceil(total / (3 * options.workers))) if parallel else None
+    split = max(1, math.ceil(total / (3 * processes))) if processes else None
     units: list[Unit] = []
     for key in sel.image_keys:
         destination = target(key)
         _, height, width = frame_chw(source, key)
-        threads = decoder_threads(height * width, parallel)
+        threads = decoder_threads(height * width, parallel=processes > 0)
         if source.features[key].dtype == "image":
             groups: dict[str, list[tuple[int, int]]] = {}
             for e, start in zip(sel.episodes, starts, strict=True):

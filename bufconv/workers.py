@@ -106,6 +106,11 @@ class WorkerPool:
         self.workers = [_Worker() for _ in range(max(1, workers) - 1)]
         self._failed = False
 
+    @property
+    def size(self) -> int:
+        """Decoders in all, the calling process included."""
+        return len(self.workers) + 1
+
     def __enter__(self) -> WorkerPool:
         return self
 

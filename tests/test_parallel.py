@@ -48,25 +48,32 @@ def test_parallel_build_is_identical_to_single_worker(
     assert pools == [2, 3]  # the other builds really ran worker processes
 
 
-def test_small_builds_decode_in_process_even_when_workers_are_asked_for(
+def test_worker_processes_only_where_they_pay(
     lerobot_dataset: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Worker processes only pay off above MIN_PARALLEL_PIXELS to decode (frames x pixels of every
-    camera): below it, or with one worker, the build stays in-process."""
+    camera) and with two cores per process: otherwise, or with one worker, the build stays in-process."""
     import bufconv.plan
     from bufconv.layouts import open_dataset
     from bufconv.options import BuildOptions
 
     source = open_dataset(lerobot_dataset())
-    options = BuildOptions(workers=2)
-    selection = source.select(options)
+    selection = source.select(BuildOptions())
     frames = sum(source.episodes[e].length for e in selection.episodes)
     pixels = frames * sum(math.prod(bufconv.plan.frame_chw(source, key)[1:]) for key in selection.image_keys)
-    monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", pixels)
-    assert bufconv.plan.use_workers(source, selection, options)
-    assert not bufconv.plan.use_workers(source, selection, BuildOptions(workers=1))
-    monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", pixels + 1)
-    assert not bufconv.plan.use_workers(source, selection, options)
+
+    def processes(workers: int, cores: int = 64, min_pixels: int = pixels) -> int:
+        monkeypatch.setattr(bufconv.plan, "usable_cores", lambda: cores)
+        monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", min_pixels)
+        return bufconv.plan.worker_processes(source, selection, BuildOptions(workers=workers))
+
+    assert processes(2) == 2
+    assert processes(5) == 5
+    assert processes(1) == 0  # one worker: this process alone
+    assert processes(2, min_pixels=pixels + 1) == 0  # too little to decode
+    assert processes(8, cores=8) == 4  # one process per two cores (decoding + conversion threads)
+    assert processes(2, cores=3) == 0  # a single process: no pool
+    assert processes(2, cores=2) == 0
 
 
 def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]) -> None:
@@ -84,7 +91,7 @@ def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     timestamps = request.source.read_columns(request.selection.episodes, ["timestamp"])["timestamp"]
     units = plan_units(
-        request.source, request.selection, request.options, lambda key: key, starts, timestamps, parallel=True
+        request.source, request.selection, request.options, lambda key: key, starts, timestamps, processes=2
     )  # type: ignore[arg-type]
     for key in request.selection.image_keys:
         mine = [u for u in units if u.key == key]
