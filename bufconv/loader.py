@@ -54,7 +54,7 @@ def load_or_build(
         storage_device: Where the frames live ("cpu": memory-mapped from the cache).
         capacity: Live transitions `add` keeps (LeRobot's `offline_buffer_capacity`).
         tolerance_s: Allowed distance between parquet timestamps and video frames.
-        workers: Decoding processes when building (None: all cores).
+        workers: Most decoding processes when building (None: all cores; at most one per two cores is used).
         generator: Source of randomness for sampling (default: freshly seeded).
         progress: Show a progress bar while building.
         lock_timeout: Give up waiting for another builder after this many seconds (None: wait).

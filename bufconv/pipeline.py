@@ -238,7 +238,7 @@ def build(
         keys: Observation keys for `state` (default: all `observation.*` features).
         episodes: Episode indices, or a string like "0-9,15" (default: all).
         tolerance_s: Allowed distance between a parquet timestamp and its video frame.
-        workers: Decoding processes (None: all cores).
+        workers: Most decoding processes (None: all cores; at most one per two cores is used).
         force: Rebuild even if `output` is up to date.
         progress: True for a progress bar, or a callable receiving frame counts.
 

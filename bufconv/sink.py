@@ -31,7 +31,7 @@ NUMPY_DTYPES: dict[str, Any] = {
 }  # fmt: skip
 STAGE_BYTES = 2 << 20
 Frame = Callable[[], np.ndarray]
-"""A row converted on the writer thread: called once, returns a uint8 (H, W, C) array."""
+"""A row converted on the writer thread (once per row it is put in): returns a uint8 (H, W, C) array."""
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -112,6 +112,7 @@ class RowSink:
             self._free.put(np.empty((self.rows_per_run, height, width, channels), dtype=dtype))
         self._runs: queue.Queue[tuple[np.ndarray, int, int, list[tuple[int, Frame]]] | None] = queue.Queue()
         self._error: BaseException | None = None
+        self._discard = False
         self.fd = os.open(target.path, os.O_WRONLY)
         self._thread = threading.Thread(target=self._write_loop, name="bufconv-writer", daemon=True)
         self._thread.start()
@@ -159,12 +160,14 @@ class RowSink:
             if item is None:
                 return
             self._write_run(*item)
+            item = None  # let the run's decoded frames go before waiting for the next run
 
     def _write_run(self, run: np.ndarray, first: int, count: int, later: list[tuple[int, Frame]]) -> None:
         try:
-            if self._error is None:
+            if self._error is None and not self._discard:
                 for index, convert in later:
                     run[index] = convert()
+                later.clear()  # the decoded frames are no longer needed
                 stage = self._stage[:count]
                 np.copyto(stage, run[:count].transpose(0, 3, 1, 2))  # one call per run: little GIL time
                 offset = self.target.offset + first * self.row_bytes
@@ -186,6 +189,8 @@ class RowSink:
             return
         if flush:
             self._flush()
+        else:
+            self._discard = True  # runs still queued are dropped, not converted and written
         self._run, self._later = None, []
         self._runs.put(None)
         self._thread.join()

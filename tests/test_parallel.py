@@ -33,6 +33,15 @@ def test_parallel_build_is_identical_to_single_worker(
     pools = []
     real_pool = bufconv.pipeline.WorkerPool
     monkeypatch.setattr(bufconv.pipeline, "WorkerPool", lambda n: pools.append(n) or real_pool(n))
+    planned = []
+    real_plan = bufconv.pipeline.plan_units
+    monkeypatch.setattr(
+        bufconv.pipeline,
+        "plan_units",
+        lambda *args, processes, **kw: (
+            planned.append(processes) or real_plan(*args, processes=processes, **kw)
+        ),
+    )
     dataset = lerobot_dataset(**fields)
     single = bufconv.build(dataset, tmp_path / "w1.pt", workers=1)
     assert pools == []  # one worker: decoded in this process
@@ -46,6 +55,7 @@ def test_parallel_build_is_identical_to_single_worker(
         assert other["meta"]["tensors"] == reference["meta"]["tensors"]  # dtypes, shapes and checksums
         assert other["meta"]["fingerprint"] == reference["meta"]["fingerprint"]
     assert pools == [2, 3]  # the other builds really ran worker processes
+    assert planned == [0, 2, 3]  # and their units were sized for them
 
 
 def test_worker_processes_only_where_they_pay(
@@ -90,14 +100,23 @@ def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]
     lengths = [request.source.episodes[e].length for e in request.selection.episodes]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     timestamps = request.source.read_columns(request.selection.episodes, ["timestamp"])["timestamp"]
-    units = plan_units(
-        request.source, request.selection, request.options, lambda key: key, starts, timestamps, processes=2
-    )  # type: ignore[arg-type]
-    for key in request.selection.image_keys:
-        mine = [u for u in units if u.key == key]
-        assert len(mine) > 1  # the single file was split
-        rows = np.concatenate([job.rows for u in mine for job in u.jobs])
-        assert sorted(rows.tolist()) == list(range(sum(lengths)))
+    keys = request.selection.image_keys
+    per_key = {}
+    for processes in (2, 3):
+        units = plan_units(
+            request.source, request.selection, request.options, lambda key: key, starts, timestamps,
+            processes=processes,
+        )  # type: ignore[arg-type]  # fmt: skip
+        # Units of about a third of a process's share: split at episode boundaries once full.
+        share = -(-sum(lengths) * len(keys) // (3 * processes))
+        for key in keys:
+            mine = [u for u in units if u.key == key]
+            assert len(mine) > 1  # the single file was split
+            assert all(u.frames < share + max(lengths) for u in mine)
+            rows = np.concatenate([job.rows for u in mine for job in u.jobs])
+            assert sorted(rows.tolist()) == list(range(sum(lengths)))
+            per_key[processes, key] = len(mine)
+    assert all(per_key[3, key] > per_key[2, key] for key in keys)  # sized by the processes, not --workers
 
 
 def _bad_unit(tmp_path: Path, name: str):
