@@ -360,6 +360,11 @@ def main() -> None:
         "--json", type=Path, help="write results here (default: <workdir>/bench-<frames>.json)"
     )
     parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where the cache is written (default: the workdir); e.g. /dev/shm to time builds without the disk",
+    )
+    parser.add_argument(
         "--no-lerobot",
         action="store_true",
         help="skip LeRobot's conversion (it needs ~1.2 GB of memory per 1,000 frames)",
@@ -386,7 +391,7 @@ def main() -> None:
             shutil.rmtree(dataset, ignore_errors=True)
             print(f"writing a {args.frames}-frame dataset with LeRobot's writer -> {dataset}", flush=True)
             make_dataset(dataset, args.frames)
-    cache = args.workdir / f"offline_buffer-{dataset.name}.pt"
+    cache = (args.cache_dir or args.workdir) / f"offline_buffer-{dataset.name}.pt"
     print(f"dataset {dataset}; {cores} cores; {platform.processor() or platform.machine()}", flush=True)
 
     results: dict[str, Any] = {}
