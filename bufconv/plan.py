@@ -20,8 +20,9 @@ SINGLE_THREAD_PIXELS = 256 * 256
 
 #: Below this many pixels to decode (frames x cameras x height x width), starting worker
 #: processes (~0.15 s of imports) costs more than it saves. Measured with scripts/bench.py on
-#: 2 cores, two 128x128 AV1 cameras: 1,000 frames (33 Mpx) 0.29 s in-process vs 0.33 s with
-#: workers; 4,000 frames (131 Mpx) 1.00 s vs 0.82 s; the lines cross near 1,500 frames.
+#: 2 cores, two 128x128 AV1 cameras, when a process still used one core (conversion on the
+#: decoding thread): 1,000 frames (33 Mpx) 0.29 s in-process vs 0.33 s with 2 processes;
+#: 4,000 frames (131 Mpx) 1.00 s vs 0.82 s; the lines cross near 1,500 frames.
 MIN_PARALLEL_PIXELS = 48 << 20
 
 #: Cores one decoding process keeps busy: its decoding thread, and its sink's writer thread

@@ -4,8 +4,8 @@ Decoders hand over rows; a background thread converts them (a decoded video fram
 conversion runs there, off the decoding thread), writes each full run of rows to the file
 with `pwrite` and asks the kernel to start writing it to disk (`sync_file_range`), so
 conversion, copying into the page cache and disk writeback overlap decoding, and the final
-fsync has almost nothing left to do. Memory stays at a few staging buffers, whatever the
-cache size.
+fsync has almost nothing left to do. Memory stays at a few staging buffers and the decoded
+frames of at most three runs, whatever the cache size.
 Nothing here imports torch: worker processes use it too.
 """
 
