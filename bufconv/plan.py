@@ -32,11 +32,6 @@ MIN_PARALLEL_PIXELS = 48 << 20
 CORES_PER_PROCESS = 2
 
 
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    return default_workers()
-
-
 def worker_processes(source: SourceDataset, sel: Selection, options: BuildOptions) -> int:
     """How many processes decode a build (this one included, as `WorkerPool` counts); 0 means
     this process alone, without a pool.
@@ -44,7 +39,7 @@ def worker_processes(source: SourceDataset, sel: Selection, options: BuildOption
     At most `options.workers`, and one per `CORES_PER_PROCESS` cores; none unless that makes
     two or more and the build has at least `MIN_PARALLEL_PIXELS` to decode.
     """
-    processes = min(options.workers, usable_cores() // CORES_PER_PROCESS)
+    processes = min(options.workers, default_workers() // CORES_PER_PROCESS)  # the usable cores
     if processes < 2:
         return 0
     frames = sum(source.episodes[e].length for e in sel.episodes)

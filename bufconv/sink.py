@@ -141,7 +141,7 @@ class RowSink:
             self._flush()
         if self._run is None:
             self._run = self._free.get()
-            self._first, self._count, self._later = row, 0, []
+            self._first, self._count = row, 0  # `_later` was emptied by the last flush
         if callable(frame):
             self._later.append((self._count, frame))
         else:

@@ -144,4 +144,4 @@ def _workers_even_for_tiny_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     import bufconv.plan
 
     monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", 0)
-    monkeypatch.setattr(bufconv.plan, "usable_cores", lambda: 64)  # CI machines may have 2 cores
+    monkeypatch.setattr(bufconv.plan, "default_workers", lambda: 64)  # CI machines may have 2 cores

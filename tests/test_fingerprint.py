@@ -220,42 +220,46 @@ def test_explain_names_a_format_version_difference() -> None:
     assert fp.explain({**inputs, "format_version": 2}, inputs) == ["format version: cache 2, expected 1"]
 
 
-def test_cache_fingerprinted_under_another_format_version_is_stale(
-    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("module", "name", "old", "field", "new", "reason"),
+    [
+        # A cache whose fingerprint inputs record format version 2 is stale for this bufconv (version 1).
+        ("pipeline", "FORMAT_VERSION", 2, "format_version", 1, "format version: cache 2, expected 1"),
+        # Another converter version (a bufconv that chose frames or transitions differently) is
+        # stale, with that reason, though format and data are unchanged.
+        (
+            "fingerprint", "CONVERTER_VERSION", 0, "converter_version", 1,
+            "converter version: cache 0, now 1 (this bufconv converts differently)",
+        ),
+    ],
+    ids=["format-version", "converter-version"],
+)  # fmt: skip
+def test_cache_fingerprinted_by_another_bufconv_is_stale(
+    dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    name: str,
+    old: int,
+    field: str,
+    new: int,
+    reason: str,
 ) -> None:
-    """A cache whose fingerprint inputs record format version 2 is stale for this bufconv (version 1)."""
+    """A cache whose fingerprint inputs record another format or converter version: hit for
+    that bufconv, stale (with the reason) for this one, rebuilt, then a hit again."""
     cache = tmp_path / "offline_buffer.pt"
     with monkeypatch.context() as patch:
-        patch.setattr(bufconv.pipeline, "FORMAT_VERSION", 2)
+        patch.setattr(getattr(bufconv, module), name, old)
         assert load(dataset, cache).status == "built"
         assert load(dataset, cache).status == "hit"
-    assert torch.load(cache, weights_only=True)["meta"]["fingerprint_inputs"]["format_version"] == 2
+    assert torch.load(cache, weights_only=True)["meta"]["fingerprint_inputs"][field] == old
 
     with pytest.raises(StaleCacheError) as refused:
         load(dataset, cache, on_stale="error")
-    assert refused.value.reasons == ["format version: cache 2, expected 1"]
+    assert refused.value.reasons == [reason]
     rebuilt = load(dataset, cache)
-    assert (rebuilt.status, rebuilt.stale_reasons) == ("rebuilt", ["format version: cache 2, expected 1"])
-    assert load(dataset, cache).status == "hit"
-
-
-def test_cache_from_an_earlier_converter_is_stale(
-    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A cache whose inputs record another converter version (a bufconv that chose frames or
-    transitions differently) is stale, with that reason, though format and data are unchanged."""
-    cache = tmp_path / "offline_buffer.pt"
-    with monkeypatch.context() as patch:
-        patch.setattr(bufconv.fingerprint, "CONVERTER_VERSION", 0)
-        assert load(dataset, cache).status == "built"
-        assert load(dataset, cache).status == "hit"
-    expected = "converter version: cache 0, now 1 (this bufconv converts differently)"
-    with pytest.raises(StaleCacheError) as refused:
-        load(dataset, cache, on_stale="error")
-    assert refused.value.reasons == [expected]
-    rebuilt = load(dataset, cache)
-    assert (rebuilt.status, rebuilt.stale_reasons) == ("rebuilt", [expected])
-    assert torch.load(cache, weights_only=True)["meta"]["fingerprint_inputs"]["converter_version"] == 1
+    assert (rebuilt.status, rebuilt.stale_reasons) == ("rebuilt", [reason])
+    assert torch.load(cache, weights_only=True)["meta"]["fingerprint_inputs"][field] == new
     assert load(dataset, cache).status == "hit"
 
 

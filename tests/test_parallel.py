@@ -73,7 +73,7 @@ def test_worker_processes_only_where_they_pay(
     pixels = frames * sum(math.prod(bufconv.plan.frame_chw(source, key)[1:]) for key in selection.image_keys)
 
     def processes(workers: int, cores: int = 64, min_pixels: int = pixels) -> int:
-        monkeypatch.setattr(bufconv.plan, "usable_cores", lambda: cores)
+        monkeypatch.setattr(bufconv.plan, "default_workers", lambda: cores)
         monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", min_pixels)
         return bufconv.plan.worker_processes(source, selection, BuildOptions(workers=workers))
 
