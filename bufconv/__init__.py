@@ -17,22 +17,22 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "build": "bufconv.pipeline",
-    "BuildResult": "bufconv.pipeline",
+    "build": "bufconv.convert.pipeline",
+    "BuildResult": "bufconv.convert.pipeline",
     "BuildOptions": "bufconv.options",
-    "load_or_build": "bufconv.loader",
-    "open_buffer": "bufconv.loader",
-    "OfflineBuffer": "bufconv.buffer",
-    "BatchTransition": "bufconv.buffer",
-    "verify": "bufconv.verification",
-    "verify_or_raise": "bufconv.verification",
-    "VerifyReport": "bufconv.verification",
+    "load_or_build": "bufconv.buffer.loader",
+    "open_buffer": "bufconv.buffer.loader",
+    "OfflineBuffer": "bufconv.buffer.offline",
+    "BatchTransition": "bufconv.buffer.offline",
+    "verify": "bufconv.cache.verification",
+    "verify_or_raise": "bufconv.cache.verification",
+    "VerifyReport": "bufconv.cache.verification",
     "to_range": "bufconv.ranges",
     "check_range": "bufconv.ranges",
     "range_problem": "bufconv.ranges",
     "guard_encoder": "bufconv.ranges",
     "preprocess_observation": "bufconv.ranges",
-    "open_dataset": "bufconv.layouts",
+    "open_dataset": "bufconv.source.layouts",
     "BufconvError": "bufconv.errors",
     "DatasetError": "bufconv.errors",
     "UnsupportedVersionError": "bufconv.errors",
@@ -74,7 +74,10 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
 ]
 
 if TYPE_CHECKING:
-    from .buffer import BatchTransition, OfflineBuffer
+    from .buffer.loader import load_or_build, open_buffer
+    from .buffer.offline import BatchTransition, OfflineBuffer
+    from .cache.verification import VerifyReport, verify, verify_or_raise
+    from .convert.pipeline import BuildResult, build
     from .errors import (
         BufconvError,
         CacheError,
@@ -86,12 +89,9 @@ if TYPE_CHECKING:
         StaleCacheError,
         UnsupportedVersionError,
     )
-    from .layouts import open_dataset
-    from .loader import load_or_build, open_buffer
     from .options import BuildOptions
-    from .pipeline import BuildResult, build
     from .ranges import check_range, guard_encoder, preprocess_observation, range_problem, to_range
-    from .verification import VerifyReport, verify, verify_or_raise
+    from .source.layouts import open_dataset
 
 
 def __getattr__(name: str) -> Any:

@@ -158,7 +158,7 @@ def build(
     Example:
       bufconv build ~/.cache/huggingface/lerobot/me/pick_cube --range 255 --episodes 0-9
     """
-    from .pipeline import build as run_build
+    from .convert.pipeline import build as run_build
 
     result = run_build(
         dataset,
@@ -209,7 +209,7 @@ def verify(path: str, dataset: str | None, image_range: str | None, quick: bool,
     Example:
       bufconv verify offline_buffer.pt --dataset me/pick_cube --range 255
     """
-    from .verification import verify as run_verify
+    from .cache.verification import verify as run_verify
 
     report = run_verify(
         path, dataset=dataset, image_range=None if image_range is None else int(image_range), quick=quick
@@ -241,7 +241,7 @@ def info(path: str, as_json: bool) -> None:
     Example:
       bufconv info offline_buffer.pt --json
     """
-    from .cache import read_header
+    from .cache.reader import read_header
 
     meta = read_header(path)
     size = Path(path).stat().st_size

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .buffer.loader import load_or_build
+from .cache.verification import verify
+from .convert.pipeline import build
 from .errors import BufconvError, RangeMismatchError
-from .loader import load_or_build
-from .pipeline import build
-from .verification import verify
-from .writer import EpisodeData, write_dataset
+from .source.writer import EpisodeData, write_dataset
 
 _MARKER = ".bufconv-demo"
 EPISODES = 4

@@ -164,7 +164,7 @@ def measure(name: str, dataset: str, cache: str, workers: int) -> dict[str, Any]
         import pyarrow.compute
         import pyarrow.parquet  # noqa: F401
 
-        import bufconv.pipeline
+        import bufconv.convert.pipeline
 
         out["import_seconds"] = time.perf_counter() - start
         baseline = _rss_mb()

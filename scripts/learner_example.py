@@ -23,7 +23,7 @@ from torch import nn
 
 import bufconv
 from bufconv.demo import CAMERAS, synthetic_episodes
-from bufconv.writer import write_dataset
+from bufconv.source.writer import write_dataset
 
 RANGE = 255  # the encoder below divides by 255 itself
 

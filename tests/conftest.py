@@ -141,7 +141,7 @@ def spec() -> type[Spec]:
 def _workers_even_for_tiny_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Builds asking for several workers use worker processes even on test-sized datasets
     (in real use, small datasets are decoded in-process: workers would cost more than they save)."""
-    import bufconv.plan
+    import bufconv.convert.plan
 
-    monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", 0)
-    monkeypatch.setattr(bufconv.plan, "default_workers", lambda: 64)  # CI machines may have 2 cores
+    monkeypatch.setattr(bufconv.convert.plan, "MIN_PARALLEL_PIXELS", 0)
+    monkeypatch.setattr(bufconv.convert.plan, "default_workers", lambda: 64)  # CI machines may have 2 cores

@@ -332,7 +332,7 @@ def test_interrupted_download_leaves_nothing_that_looks_like_a_dataset(
     assert result.exit_code == 0, result.output
     assert (home / "someone" / "flaky" / "meta" / "info.json").is_file()
     assert len(fetched) == 2
-    assert bufconv.cache.read_header(out)["source"]["repo_id"] == "someone/flaky"
+    assert bufconv.cache.reader.read_header(out)["source"]["repo_id"] == "someone/flaky"
 
 
 def test_a_copy_of_the_intact_dataset_builds(dataset_copy: Callable[..., Path], out: Path) -> None:

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bufconv
-from bufconv.buffer import OfflineBuffer
-from bufconv.drq import random_shift
-from bufconv.writer import EpisodeData, write_dataset
+from bufconv.buffer.drq import random_shift
+from bufconv.buffer.offline import OfflineBuffer
+from bufconv.source.writer import EpisodeData, write_dataset
 
 IMAGE_KEYS = ("observation.images.front", "observation.images.wrist")
 STATE_KEYS = (*IMAGE_KEYS, "observation.state")

@@ -20,10 +20,10 @@ import torch
 from click.testing import CliRunner, Result
 
 import bufconv
-import bufconv.cache
-import bufconv.pipeline
-import bufconv.units
-from bufconv.archive import read_layout
+import bufconv.cache.reader
+import bufconv.convert.pipeline
+import bufconv.convert.units
+from bufconv.cache.archive import read_layout
 from bufconv.cli import cli
 
 FRONT = "observation.images.front"
@@ -128,7 +128,7 @@ def test_build_writes_default_output_and_prints_summary(
     )
     assert summary, result.stdout
     assert Path(summary["path"]) == output.absolute()
-    meta = bufconv.cache.read_header(output)
+    meta = bufconv.cache.reader.read_header(output)
     assert int(summary["frames"].replace(",", "")) == meta["frames"] == 16
     assert int(summary["episodes"]) == len(meta["episodes"]) == 4
     assert float(summary["mb"].replace(",", "")) == pytest.approx(output.stat().st_size / 1e6, abs=0.051)
@@ -144,7 +144,7 @@ def test_build_range_255_is_printed_and_recorded(dataset: Path, tmp_path: Path) 
     result = invoke("build", str(dataset), "-o", str(output), "--range", "255", "--workers", "1")
     assert result.exit_code == 0, result.output
     assert f"{FRONT} -> floats in [0,255]" in result.stdout
-    meta = bufconv.cache.read_header(output)
+    meta = bufconv.cache.reader.read_header(output)
     assert meta["ranges"] == {
         FRONT: {"storage": "uint8", "output": 255},
         WRIST: {"storage": "uint8", "output": 255},
@@ -164,8 +164,8 @@ def test_second_build_is_up_to_date_and_decodes_nothing(
     assert first.exit_code == 0, first.output
     before = output.stat()
 
-    monkeypatch.setattr(bufconv.units, "decode_video", _fail_decoding)
-    monkeypatch.setattr(bufconv.pipeline, "run_unit", _fail_decoding)
+    monkeypatch.setattr(bufconv.convert.units, "decode_video", _fail_decoding)
+    monkeypatch.setattr(bufconv.convert.pipeline, "run_unit", _fail_decoding)
     second = invoke("build", str(dataset), "-o", str(output))
     assert second.exit_code == 0, second.output
     assert "up to date" in second.stdout and "nothing decoded" in second.stdout
@@ -218,7 +218,7 @@ def test_build_keys_and_episodes(dataset: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "15 frames, 3 episodes" in result.stdout
     assert WRIST not in result.stdout
-    meta = bufconv.cache.read_header(output)
+    meta = bufconv.cache.reader.read_header(output)
     assert meta["keys"]["state"] == [FRONT, "observation.state"]
     assert meta["keys"]["images"] == [FRONT]
     assert WRIST not in meta["tensors"]
@@ -259,7 +259,7 @@ def test_info_text(cache: Path) -> None:
     """`info PATH` summarises the header: source, frames, episodes, fingerprint and each tensor."""
     result = invoke("info", str(cache))
     assert result.exit_code == 0, result.output
-    meta = bufconv.cache.read_header(cache)
+    meta = bufconv.cache.reader.read_header(cache)
     assert "bufconv cache, format 1" in result.stdout
     assert "frames: 16 in 4 episodes" in result.stdout
     assert meta["fingerprint"] in result.stdout
@@ -277,7 +277,7 @@ def test_info_json(cache: Path) -> None:
     assert report["file_bytes"] == cache.stat().st_size
     meta = report["meta"]
     assert {"frames", "ranges", "episodes", "tensors", "fingerprint"} <= set(meta)
-    assert meta == bufconv.cache.read_header(cache)
+    assert meta == bufconv.cache.reader.read_header(cache)
     assert meta["frames"] == 16
     assert meta["ranges"][FRONT] == {"storage": "uint8", "output": 1}
     assert [row["length"] for row in meta["episodes"]] == [5, 1, 7, 3]
@@ -289,7 +289,7 @@ def test_info_does_not_read_pixel_data(cache_copy: Path, monkeypatch: pytest.Mon
     """`info` never hashes or reads the payload: it succeeds on a cache whose pixels are corrupted
     (which `verify` rejects), and no checksum it computes touches a tensor record."""
     layout = read_layout(cache_copy)
-    meta = bufconv.cache.read_header(cache_copy)
+    meta = bufconv.cache.reader.read_header(cache_copy)
     index = list(meta["tensors"]).index(FRONT)
     offset, size = layout.records[f"data/{index}"]
     with open(cache_copy, "r+b") as f:
@@ -300,7 +300,7 @@ def test_info_does_not_read_pixel_data(cache_copy: Path, monkeypatch: pytest.Mon
     payloads = [layout.records[name] for name in layout.records if name.startswith("data/")]
 
     spans_read: list[tuple[int, int]] = []
-    real_checksum_spans = bufconv.cache.checksum_spans
+    real_checksum_spans = bufconv.cache.reader.checksum_spans
 
     def spy(path: object, spans: list[tuple[int, int]]) -> str:
         spans_read.extend(spans)
@@ -309,8 +309,8 @@ def test_info_does_not_read_pixel_data(cache_copy: Path, monkeypatch: pytest.Mon
     def forbidden(*args: object, **kwargs: object) -> list[str]:
         raise AssertionError("info verified tensor checksums")
 
-    monkeypatch.setattr(bufconv.cache, "checksum_spans", spy)
-    monkeypatch.setattr(bufconv.cache, "mismatched_tensors", forbidden)
+    monkeypatch.setattr(bufconv.cache.reader, "checksum_spans", spy)
+    monkeypatch.setattr(bufconv.cache.reader, "mismatched_tensors", forbidden)
     for args in (["info", str(cache_copy)], ["info", str(cache_copy), "--json"]):
         result = invoke(*args)
         assert result.exit_code == 0, result.output

@@ -28,7 +28,7 @@ import xxhash
 from click.testing import CliRunner
 
 import bufconv
-from bufconv.archive import ArchiveWriter
+from bufconv.cache.archive import ArchiveWriter
 from bufconv.cli import cli
 
 FRONT = "observation.images.front"

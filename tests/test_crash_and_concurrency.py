@@ -26,9 +26,9 @@ import pytest
 import torch
 
 import bufconv
+from bufconv.cache.lock import locked
 from bufconv.errors import LockTimeoutError
-from bufconv.lock import locked
-from bufconv.writer import EpisodeData, write_dataset
+from bufconv.source.writer import EpisodeData, write_dataset
 
 CAMERAS = ("observation.images.front", "observation.images.side")
 EPISODES, FRAMES, SIDE = 4, 150, 96
@@ -80,7 +80,7 @@ def child_env() -> dict[str, str]:
 FORK_SERVER = r"""
 import os, sys
 import pandas, pyarrow.parquet
-import bufconv, bufconv.pipeline, bufconv.units, bufconv.video, bufconv.verification
+import bufconv, bufconv.convert.pipeline, bufconv.convert.units, bufconv.source.video, bufconv.cache.verification
 dataset, output = sys.argv[1], sys.argv[2]
 for line in sys.stdin:
     if line.strip() != "build":
@@ -202,7 +202,7 @@ def test_build_killed_at_any_moment_leaves_a_valid_cache(
 
 LEARNER = r"""
 import json, os, sys, time
-import bufconv, bufconv.loader, bufconv.pipeline, bufconv.units, bufconv.video
+import bufconv, bufconv.buffer.loader, bufconv.convert.pipeline, bufconv.convert.units, bufconv.source.video
 dataset, cache, ready, go = sys.argv[1:5]
 open(ready, "w").close()
 while not os.path.exists(go):
@@ -264,7 +264,7 @@ def test_two_learners_on_one_stale_cache_build_it_once(dataset: Path, tmp_path: 
 LOCK_HOLDER = r"""
 import os, sys, time
 from pathlib import Path
-from bufconv.lock import locked
+from bufconv.cache.lock import locked
 with locked(Path(sys.argv[1])):
     print(os.getpid(), flush=True)
     time.sleep(600)

@@ -9,6 +9,7 @@ cache fresh, and the stat fast path reuses recorded digests instead of re-readin
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -24,11 +25,11 @@ import pytest
 import torch
 
 import bufconv
-import bufconv.cache
-import bufconv.cache_writer
-import bufconv.fingerprint
-import bufconv.pipeline
-from bufconv import fingerprint as fp
+import bufconv.cache.fingerprint
+import bufconv.cache.reader
+import bufconv.cache.writer
+import bufconv.convert.pipeline
+from bufconv.cache import fingerprint as fp
 from bufconv.errors import InvalidCacheError, StaleCacheError
 
 FRONT = "observation.images.front"
@@ -224,11 +225,11 @@ def test_explain_names_a_format_version_difference() -> None:
     ("module", "name", "old", "field", "new", "reason"),
     [
         # A cache whose fingerprint inputs record format version 2 is stale for this bufconv (version 1).
-        ("pipeline", "FORMAT_VERSION", 2, "format_version", 1, "format version: cache 2, expected 1"),
+        ("cache.freshness", "FORMAT_VERSION", 2, "format_version", 1, "format version: cache 2, expected 1"),
         # Another converter version (a bufconv that chose frames or transitions differently) is
         # stale, with that reason, though format and data are unchanged.
         (
-            "fingerprint", "CONVERTER_VERSION", 0, "converter_version", 1,
+            "cache.fingerprint", "CONVERTER_VERSION", 0, "converter_version", 1,
             "converter version: cache 0, now 1 (this bufconv converts differently)",
         ),
     ],
@@ -249,7 +250,7 @@ def test_cache_fingerprinted_by_another_bufconv_is_stale(
     that bufconv, stale (with the reason) for this one, rebuilt, then a hit again."""
     cache = tmp_path / "offline_buffer.pt"
     with monkeypatch.context() as patch:
-        patch.setattr(getattr(bufconv, module), name, old)
+        patch.setattr(importlib.import_module(f"bufconv.{module}"), name, old)
         assert load(dataset, cache).status == "built"
         assert load(dataset, cache).status == "hit"
     assert torch.load(cache, weights_only=True)["meta"]["fingerprint_inputs"][field] == old
@@ -270,14 +271,14 @@ def test_file_whose_top_level_format_version_is_not_1_is_rejected(
     cache = tmp_path / "offline_buffer.pt"
     with monkeypatch.context() as patch:
         # what a future bufconv would write (and read back)
-        patch.setattr(bufconv.cache_writer, "FORMAT_VERSION", 2)
-        patch.setattr(bufconv.cache, "FORMAT_VERSION", 2)
+        patch.setattr(bufconv.cache.writer, "FORMAT_VERSION", 2)
+        patch.setattr(bufconv.cache.reader, "FORMAT_VERSION", 2)
         load(dataset, cache)
     top = torch.load(cache, weights_only=True)
     assert (top["format"], top["format_version"]) == ("bufconv.offline_buffer", 2)
 
     with pytest.raises(InvalidCacheError) as rejected:
-        bufconv.cache.read_cache(cache)
+        bufconv.cache.reader.read_cache(cache)
     assert [p.code for p in rejected.value.problems] == ["unsupported-version"]
     report = bufconv.verify(cache)
     assert [p.code for p in report.problems] == ["unsupported-version"]
@@ -301,13 +302,13 @@ def test_file_whose_top_level_format_version_is_not_1_is_rejected(
 def digests(monkeypatch: pytest.MonkeyPatch, dataset: Path) -> list[str]:
     """Records every file the fingerprint reads in full (paths relative to the dataset)."""
     calls: list[str] = []
-    real = bufconv.fingerprint.file_digest
+    real = bufconv.cache.fingerprint.file_digest
 
     def counting(path: Path) -> str:
         calls.append(Path(path).relative_to(dataset).as_posix())
         return real(path)
 
-    monkeypatch.setattr(bufconv.fingerprint, "file_digest", counting)
+    monkeypatch.setattr(bufconv.cache.fingerprint, "file_digest", counting)
     return calls
 
 

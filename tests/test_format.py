@@ -32,9 +32,9 @@ from hypothesis.extra import numpy as hnp
 from torch.utils.serialization import config as serialization_config
 
 import bufconv
-from bufconv.archive import read_layout
-from bufconv.cache import TensorSpec, read_cache
-from bufconv.cache_writer import CacheWriter
+from bufconv.cache.archive import read_layout
+from bufconv.cache.reader import TensorSpec, read_cache
+from bufconv.cache.writer import CacheWriter
 
 PROJECT = Path(__file__).resolve().parents[1]
 FRONT = "observation.images.front"
@@ -280,7 +280,7 @@ def _local_records(path: Path) -> list[tuple[zipfile.ZipInfo, int, int]]:
 def test_zip_container_layout(cache: Path) -> None:
     """Stored records under offline_buffer/, tensors first then data.pkl and the small records,
     flags 0x0808, 64-byte aligned data, CRC 0 for tensors and real CRCs for small records;
-    bufconv.archive.read_layout agrees with this independent parse."""
+    bufconv.cache.archive.read_layout agrees with this independent parse."""
     records = _local_records(cache)
     names = [info.filename for info, _, _ in records]
     assert all(name.startswith("offline_buffer/") for name in names)

@@ -28,15 +28,15 @@ def test_parallel_build_is_identical_to_single_worker(
     lerobot_dataset: Callable[..., Path], tmp_path: Path, fields: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Same tensors and same checksums with 1, 2 and 3 workers (units split long files at episode boundaries)."""
-    import bufconv.pipeline
+    import bufconv.convert.pipeline
 
     pools = []
-    real_pool = bufconv.pipeline.WorkerPool
-    monkeypatch.setattr(bufconv.pipeline, "WorkerPool", lambda n: pools.append(n) or real_pool(n))
+    real_pool = bufconv.convert.pipeline.WorkerPool
+    monkeypatch.setattr(bufconv.convert.pipeline, "WorkerPool", lambda n: pools.append(n) or real_pool(n))
     planned = []
-    real_plan = bufconv.pipeline.plan_units
+    real_plan = bufconv.convert.pipeline.plan_units
     monkeypatch.setattr(
-        bufconv.pipeline,
+        bufconv.convert.pipeline,
         "plan_units",
         lambda *args, processes, **kw: (
             planned.append(processes) or real_plan(*args, processes=processes, **kw)
@@ -63,19 +63,21 @@ def test_worker_processes_only_where_they_pay(
 ) -> None:
     """Worker processes only pay off above MIN_PARALLEL_PIXELS to decode (frames x pixels of every
     camera) and with two cores per process: otherwise, or with one worker, the build stays in-process."""
-    import bufconv.plan
-    from bufconv.layouts import open_dataset
+    import bufconv.convert.plan
     from bufconv.options import BuildOptions
+    from bufconv.source.layouts import open_dataset
 
     source = open_dataset(lerobot_dataset())
     selection = source.select(BuildOptions())
     frames = sum(source.episodes[e].length for e in selection.episodes)
-    pixels = frames * sum(math.prod(bufconv.plan.frame_chw(source, key)[1:]) for key in selection.image_keys)
+    pixels = frames * sum(
+        math.prod(bufconv.convert.plan.frame_chw(source, key)[1:]) for key in selection.image_keys
+    )
 
     def processes(workers: int, cores: int = 64, min_pixels: int = pixels) -> int:
-        monkeypatch.setattr(bufconv.plan, "default_workers", lambda: cores)
-        monkeypatch.setattr(bufconv.plan, "MIN_PARALLEL_PIXELS", min_pixels)
-        return bufconv.plan.worker_processes(source, selection, BuildOptions(workers=workers))
+        monkeypatch.setattr(bufconv.convert.plan, "default_workers", lambda: cores)
+        monkeypatch.setattr(bufconv.convert.plan, "MIN_PARALLEL_PIXELS", min_pixels)
+        return bufconv.convert.plan.worker_processes(source, selection, BuildOptions(workers=workers))
 
     assert processes(2) == 2
     assert processes(5) == 5
@@ -88,9 +90,9 @@ def test_worker_processes_only_where_they_pay(
 
 def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]) -> None:
     """With several workers, one long file is cut into units at episode boundaries, covering each row exactly once."""
+    from bufconv.cache.freshness import prepare
+    from bufconv.convert.plan import plan_units
     from bufconv.options import BuildOptions
-    from bufconv.pipeline import prepare
-    from bufconv.plan import plan_units
 
     dataset = lerobot_dataset(lengths=(9, 1, 12, 4, 7, 6))
     request = prepare(dataset, BuildOptions(workers=3))
@@ -122,9 +124,9 @@ def test_split_units_cover_every_frame_once(lerobot_dataset: Callable[..., Path]
 def _bad_unit(tmp_path: Path, name: str):
     import numpy as np
 
-    from bufconv.sink import Target
-    from bufconv.units import VideoUnit
-    from bufconv.video import FrameJob
+    from bufconv.cache.sink import Target
+    from bufconv.convert.units import VideoUnit
+    from bufconv.source.video import FrameJob
 
     target = Target(str(tmp_path / "out.bin"), 0, "uint8", (1, 3, 4, 4))
     (tmp_path / "out.bin").write_bytes(b"\0" * 48)
@@ -136,8 +138,8 @@ def test_an_error_in_a_worker_process_reaches_the_caller(tmp_path: Path) -> None
     """A unit failing in the worker process is raised here, with its message (not a hang, not a generic error)."""
     import time
 
+    from bufconv.convert.workers import WorkerPool
     from bufconv.errors import DecodeError
-    from bufconv.workers import WorkerPool
 
     units = [_bad_unit(tmp_path, "first"), _bad_unit(tmp_path, "second")]
     taken_here = []
@@ -156,9 +158,9 @@ def test_an_error_in_a_worker_process_reaches_the_caller(tmp_path: Path) -> None
 
 def test_an_error_here_stops_the_worker_processes(tmp_path: Path) -> None:
     """A unit failing in this process stops the pool at once and is raised (no hang waiting on workers)."""
+    from bufconv.convert.units import run_unit
+    from bufconv.convert.workers import WorkerPool
     from bufconv.errors import DecodeError
-    from bufconv.units import run_unit
-    from bufconv.workers import WorkerPool
 
     units = [_bad_unit(tmp_path, f"u{i}") for i in range(4)]
     with WorkerPool(2) as pool, pytest.raises(DecodeError, match=r"u\d.mp4"):

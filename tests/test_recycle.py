@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import bufconv
-from bufconv.recycle import OutputPool
+from bufconv.buffer.recycle import OutputPool
 
 
 def test_memory_returns_only_when_every_view_is_gone() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from bufconv.sink import RowSink, Target
+from bufconv.cache.sink import RowSink, Target
 
 SHAPE = (10, 3, 4, 5)  # rows, C, H, W
 OFFSET = 7  # the tensor does not start at the beginning of the file

@@ -57,6 +57,6 @@ def test_dataset_by_repo_id_under_hf_lerobot_home(
     shutil.copytree(lerobot_dataset(), home / "someone" / "pick_cube")
     monkeypatch.setenv("HF_LEROBOT_HOME", str(home))
     result = bufconv.build("someone/pick_cube", tmp_path / "c.pt", workers=1)
-    meta = bufconv.cache.read_header(result.path)
+    meta = bufconv.cache.reader.read_header(result.path)
     assert meta["source"]["repo_id"] == "someone/pick_cube"
     assert Path(meta["source"]["root"]) == (home / "someone" / "pick_cube").resolve()

@@ -40,7 +40,7 @@ import pytest
 from click.testing import CliRunner
 
 import bufconv
-from bufconv.archive import read_layout
+from bufconv.cache.archive import read_layout
 from bufconv.cli import cli
 from bufconv.errors import CacheError
 
@@ -194,7 +194,7 @@ def test_lock_file_left_read_only_by_another_user(old_cache: tuple[Path, Path, b
     done = run_restricted("-c", LOCKED_BY_ANOTHER_USER, str(dataset), str(cache))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["rebuilt"]
-    ranges = bufconv.cache.read_header(cache)["ranges"]
+    ranges = bufconv.cache.reader.read_header(cache)["ranges"]
     assert ranges and all(r == {"storage": "uint8", "output": 255} for r in ranges.values())
     assert debris(cache) == []
 

@@ -22,7 +22,7 @@ import torch
 from conftest import Spec, episode_frames
 
 import bufconv
-from bufconv.writer import EpisodeData, write_dataset
+from bufconv.source.writer import EpisodeData, write_dataset
 
 SPEC = Spec(lengths=(7, 5, 3, 1))
 FRONT, WRIST = (k for k, _ in SPEC.cameras)

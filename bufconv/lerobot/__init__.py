@@ -18,7 +18,7 @@ _EXPORTS = {
     "resolve_image_range": "bufconv.lerobot.offline",
     "install": "bufconv.lerobot.offline",
     "ImageRangeProcessorStep": "bufconv.lerobot.processor",
-    "buffer_to_lerobot_dataset": "bufconv.lerobot.export",
+    "buffer_to_lerobot_dataset": "bufconv.buffer.export",
 }
 
 __all__ = [  # literal, for linters; matches _EXPORTS
@@ -30,7 +30,7 @@ __all__ = [  # literal, for linters; matches _EXPORTS
 ]
 
 if TYPE_CHECKING:
-    from .export import buffer_to_lerobot_dataset
+    from ..buffer.export import buffer_to_lerobot_dataset
     from .offline import initialize_offline_replay_buffer, install, resolve_image_range
     from .processor import ImageRangeProcessorStep
 

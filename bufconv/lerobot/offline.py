@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..buffer import DEFAULT_CAPACITY, OfflineBuffer
-from ..loader import load_or_build
+from ..buffer.loader import load_or_build
+from ..buffer.offline import DEFAULT_CAPACITY, OfflineBuffer
 from ..options import validate_range
 
 log = logging.getLogger("bufconv")

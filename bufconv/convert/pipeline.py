@@ -1,8 +1,6 @@
 """The build pipeline: a LeRobot dataset in, a sealed `offline_buffer.pt` out.
 
-    prepare()          open the dataset, resolve keys and episodes      (metadata only)
-    check_freshness()  compare an existing cache with the request        (no decoding)
-    ensure()           lock, re-check, and write the cache if needed
+    ensure()           lock, re-check freshness (`cache.freshness`), write the cache if needed
     build()            the public entry point (`bufconv build`)
 
 Writing streams: the cache file is laid out first, numeric columns are copied in, and every
@@ -26,15 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from . import fingerprint as fp
-from .cache import FORMAT_VERSION, CacheFile, TensorSpec, read_cache, verify_tensors
-from .cache_writer import CacheWriter, remove_stale_temps
-from .dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset
-from .errors import CacheError, DatasetError, InvalidCacheError, StaleCacheError, unwritable_folder
-from .layouts import open_dataset
-from .lock import locked
-from .options import DEFAULT_TOLERANCE_S, BuildOptions
+from .. import __version__
+from ..cache import fingerprint as fp
+from ..cache.freshness import Freshness, Request, check_freshness, prepare
+from ..cache.lock import locked
+from ..cache.reader import CacheFile, TensorSpec, read_cache
+from ..cache.writer import CacheWriter, remove_stale_temps
+from ..errors import CacheError, DatasetError, StaleCacheError, unwritable_folder
+from ..options import DEFAULT_TOLERANCE_S, BuildOptions
+from ..source.dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset
 from .plan import frame_chw, plan_units, worker_processes
 from .units import run_here, run_unit
 from .workers import WorkerPool
@@ -42,27 +40,6 @@ from .workers import WorkerPool
 log = logging.getLogger("bufconv")
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Request:
-    """A build request resolved against its dataset: what to read and how to store it."""
-
-    source: SourceDataset
-    selection: Selection
-    options: BuildOptions
-
-
-@dataclass(frozen=True)
-class Freshness:
-    """Whether the file at a cache path serves a request, and if not, why."""
-
-    exists: bool
-    fresh: bool
-    reasons: list[str]
-    fingerprint: fp.Fingerprint
-    cache: CacheFile | None = None
-    """The cache as checked, when fresh (its tensors map the checked file, whatever replaces the path)."""
 
 
 @dataclass(frozen=True)
@@ -86,51 +63,6 @@ class BuildResult:
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else math.inf
-
-
-def prepare(dataset: str | os.PathLike[str] | SourceDataset, options: BuildOptions) -> Request:
-    """Open `dataset` (metadata only) and resolve the options against it.
-
-    Raises:
-        DatasetError: not a dataset, unsupported version, unknown key or episode, missing file.
-    """
-    source = dataset if isinstance(dataset, SourceDataset) else open_dataset(dataset)
-    selection = source.select(options)
-    source.check_files_exist(selection)
-    return Request(source, selection, options)
-
-
-def check_freshness(
-    request: Request, path: Path, *, verify_payload: bool = True, known: fp.Known | None = None
-) -> Freshness:
-    """Compare the file at `path` with `request` (reads headers and, if asked, checksums; never decodes).
-
-    Args:
-        known: Source digests taken earlier in this process, reused for unchanged files (the
-            cache header's are reused too).
-    """
-    reuse = dict(known or {})
-    if not path.exists():
-        return Freshness(False, False, [], _fingerprint(request, reuse))
-    try:
-        cache = read_cache(path, verify_payload=False)
-    except InvalidCacheError as e:
-        reasons = [f"{path.name}: {p.message}" for p in e.problems]
-        return Freshness(True, False, reasons, _fingerprint(request, reuse))
-    current = _fingerprint(request, {**fp.known_from_header(cache.meta), **reuse})
-    if cache.meta["fingerprint"] != current.value:
-        # Stale: no point reading gigabytes of payload to checksum a file about to be replaced.
-        return Freshness(True, False, fp.explain(cache.meta["fingerprint_inputs"], current.inputs), current)
-    if verify_payload:
-        try:
-            verify_tensors(cache)
-        except InvalidCacheError as e:
-            return Freshness(True, False, [f"{path.name}: {p.message}" for p in e.problems], current)
-    return Freshness(True, True, [], current, cache)
-
-
-def _fingerprint(request: Request, known: fp.Known) -> fp.Fingerprint:
-    return fp.compute(request.source, request.selection, request.options, FORMAT_VERSION, known)
 
 
 def ensure(

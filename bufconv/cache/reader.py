@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from . import errors as E
+from .. import errors as E
+from ..errors import InvalidCacheError, Problem
 from .archive import ArchiveError, Layout, read_layout
 from .checksum import CHECKSUM, INTEGRITY_PREFIX, checksum_spans
-from .errors import InvalidCacheError, Problem
 from .sink import NUMPY_DTYPES
 
 FORMAT = "bufconv.offline_buffer"

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DecodeError
-from .sink import RowSink, Target
-from .video import FrameJob, decode_image, decode_video
+from ..cache.sink import RowSink, Target
+from ..errors import DecodeError
+from ..source.video import FrameJob, decode_image, decode_video
 
 if TYPE_CHECKING:  # not imported at run time: video workers need no pyarrow (0.1 s of their start)
-    from .dataset import SourceDataset
+    from ..source.dataset import SourceDataset
 
 OnEpisode = Callable[[int, int], None]
 

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import DatasetError, UnsupportedVersionError
 from .dataset import (
     INFO_PATH,
     SUPPORTED_VERSIONS,
@@ -24,7 +25,6 @@ from .dataset import (
     Episode,
     SourceDataset,
 )
-from .errors import DatasetError, UnsupportedVersionError
 
 _NOT_A_DATASET = "{root} is not a LeRobot dataset: {why}. Point DATASET at the folder that holds meta/info.json (or pass a repo id)."
 _UNSUPPORTED = "{path}: codebase_version {found!r} is not supported; bufconv reads {expected}. {fix}"

@@ -23,8 +23,8 @@ from typing import Any
 
 import xxhash
 
-from .dataset import Selection, SourceDataset
-from .options import BuildOptions, format_episodes
+from ..options import BuildOptions, format_episodes
+from ..source.dataset import Selection, SourceDataset
 
 _CHUNK = 8 << 20
 

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import CacheFile
+from ..cache.reader import CacheFile
+from ..errors import BufconvError
+from ..ranges import check_range, from_uint8, to_uint8
 from .drq import draw_shifts, random_shift
-from .errors import BufconvError
 from .prefetch import prefetched
-from .ranges import check_range, from_uint8, to_uint8
 from .recycle import OutputPool
 
 if sys.version_info >= (3, 11):
@@ -397,7 +397,7 @@ class OfflineBuffer:
         task_name: str = "from_replay_buffer",
     ) -> Any:
         """Write all transitions as a LeRobot dataset (what LeRobot's learner does at checkpoints). Needs LeRobot."""
-        from .lerobot.export import buffer_to_lerobot_dataset
+        from .export import buffer_to_lerobot_dataset
 
         return buffer_to_lerobot_dataset(self, repo_id=repo_id, fps=fps, root=root, task_name=task_name)
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CacheError, unwritable_folder
 from .archive import ArchiveWriter, pickle_tree, tensor_ref
-from .cache import FORMAT, FORMAT_VERSION, TensorSpec, dtype_name
 from .checksum import INTEGRITY_LENGTH, checksum_spans, integrity_comment
-from .errors import CacheError, unwritable_folder
+from .reader import FORMAT, FORMAT_VERSION, TensorSpec, dtype_name
 from .sink import NUMPY_DTYPES, Target, pwrite_all
 
 _SPACE_MARGIN = 64 << 20

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .buffer import DEFAULT_CAPACITY, OfflineBuffer
-from .cache import read_cache
-from .options import DEFAULT_TOLERANCE_S, BuildOptions
-from .pipeline import ensure, prepare
+from ..cache.freshness import prepare
+from ..cache.reader import read_cache
+from ..convert.pipeline import ensure
+from ..options import DEFAULT_TOLERANCE_S, BuildOptions
+from .offline import DEFAULT_CAPACITY, OfflineBuffer
 
 _STATUS = {"fresh": "hit", "built": "built", "rebuilt": "rebuilt"}
 
@@ -68,7 +69,7 @@ def load_or_build(
     )
     request = prepare(dataset, options)
     if progress:
-        from .pipeline import _progress_bar
+        from ..convert.pipeline import _progress_bar
 
         with _progress_bar(request) as bar:
             result = ensure(request, cache_path, on_stale=on_stale, progress=bar, lock_timeout=lock_timeout)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .dataset import Selection, SourceDataset
-from .options import BuildOptions, default_workers
-from .sink import Target
+from ..cache.sink import Target
+from ..options import BuildOptions, default_workers
+from ..source.dataset import Selection, SourceDataset
+from ..source.video import FrameJob
 from .units import ImageUnit, Unit, VideoUnit
-from .video import FrameJob
 
 #: Up to this many pixels a frame, one decoder thread is fastest (measured with AV1 on 2 cores:
 #: 128x128 decodes in 0.09 ms/frame on 1 thread, 0.11 on 2; at 480x640 two threads win by 25%),

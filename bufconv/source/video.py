@@ -15,12 +15,12 @@ import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
 
-from .errors import DecodeError
-from .sink import RowSink
+from ..errors import DecodeError
 
 #: Seek instead of decoding through a gap longer than this (selected episodes far apart in a file).
 SEEK_GAP_S = 2.0
@@ -108,10 +108,19 @@ class _Frames:
         self._it = self.container.decode(self.stream)
 
 
+class FrameSink(Protocol):
+    """Where decoded frames go (the build's `RowSink`): rows of uint8 (C, H, W)."""
+
+    row_shape: tuple[int, ...]
+
+    def put(self, row: int, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
+        """Frame `row`: a uint8 (H, W, C) array, or a callable returning one (called later, elsewhere)."""
+
+
 def decode_video(
     path: Path,
     jobs: Sequence[FrameJob],
-    out: RowSink,
+    out: FrameSink,
     *,
     tolerance_s: float,
     key: str = "",
@@ -166,7 +175,7 @@ def decode_video(
 
 
 def _fill(
-    frames: _Frames, job: FrameJob, out: RowSink, tol: float, path: Path, key: str, height: int, width: int
+    frames: _Frames, job: FrameJob, out: FrameSink, tol: float, path: Path, key: str, height: int, width: int
 ) -> int:
     wanted: list[float] = job.timestamps.tolist()  # Python floats: numpy scalars are slow per frame
     rows: list[int] = job.rows.tolist()

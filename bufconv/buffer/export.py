@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from ..buffer import OfflineBuffer
+    from .offline import OfflineBuffer
 
 
 def buffer_to_lerobot_dataset(

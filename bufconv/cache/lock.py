@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CacheError, LockTimeoutError, unwritable_folder
+from ..errors import CacheError, LockTimeoutError, unwritable_folder
 
 
 def lock_path_for(final: Path) -> Path:

@@ -19,22 +19,18 @@ min, max, mean, std and count; the quantiles differ slightly).
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from av.video.stream import VideoStream
-from PIL import Image
+
+from .encode import CODECS, encode_video, png, quiet_encoders, video_info
 
 CHUNKS_SIZE = 1000
 """Files per ``chunk-XXX`` folder, as in LeRobot."""
@@ -44,12 +40,6 @@ BOOKKEEPING_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_
 
 _BOOKKEEPING_DTYPES = ("float32", "int64", "int64", "int64", "int64")
 _QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
-# LeRobot codec name -> (stream codec name recorded in info.json, PyAV encoder options).
-_CODECS: dict[str, tuple[str, dict[str, str]]] = {
-    "libsvtav1": ("av1", {"g": "2", "crf": "30", "preset": "12", "svtav1-params": "fast-decode=0"}),
-    "h264": ("h264", {"g": "2", "crf": "30"}),
-    "hevc": ("hevc", {"g": "2", "crf": "30", "x265-params": "log-level=error"}),
-}
 _V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 _V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 _V30_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -125,8 +115,8 @@ def write_dataset(
     root = Path(root)
     if layout not in ("v3.0", "v2.1"):
         raise ValueError(f"layout must be 'v3.0' or 'v2.1', got {layout!r}")
-    if codec not in _CODECS or codec not in av.codecs_available:
-        raise ValueError(f"codec must be one of {sorted(_CODECS)} and available in PyAV, got {codec!r}")
+    if codec not in CODECS or codec not in av.codecs_available:
+        raise ValueError(f"codec must be one of {sorted(CODECS)} and available in PyAV, got {codec!r}")
     if not isinstance(fps, int) or fps <= 0:
         raise ValueError(f"fps must be a positive int, got {fps!r}")
     if episodes_per_file is not None and (layout != "v3.0" or episodes_per_file < 1):
@@ -139,7 +129,7 @@ def write_dataset(
         episodes, features, _episode_tables(episodes, features, tasks, fps, layout), tasks, codec, fps
     )
     root.mkdir(parents=True, exist_ok=True)
-    with _quiet_encoders():
+    with quiet_encoders():
         if layout == "v3.0":
             _write_v30(root, plan, episodes_per_file or len(episodes))
         else:
@@ -183,7 +173,7 @@ def _infer_features(
             if dtype == "video":
                 if codec != "libsvtav1" and (height % 2 or width % 2):
                     raise ValueError(f"{codec} needs even video sizes, {key!r} is {height}x{width}")
-                features[key]["info"] = _video_info(height, width, codec, fps, layout)
+                features[key]["info"] = video_info(height, width, codec, fps, layout)
         elif is_image[key]:
             raise ValueError(f"image feature {key!r} is in neither video_keys nor image_keys")
         elif arr.dtype.kind in "biuf" and (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1])):
@@ -203,38 +193,6 @@ def _infer_features(
     return features
 
 
-def _video_info(height: int, width: int, codec: str, fps: int, layout: str) -> dict[str, Any]:
-    """Return the ``info`` block LeRobot stores for a video feature."""
-    stream_codec, options = _CODECS[codec]
-    info = {
-        "video.height": height,
-        "video.width": width,
-        "video.codec": stream_codec,
-        "video.pix_fmt": "yuv420p",
-    }
-    if layout == "v2.1":  # as LeRobot 0.3.x wrote it
-        return {
-            **info,
-            "video.is_depth_map": False,
-            "video.fps": fps,
-            "video.channels": 3,
-            "has_audio": False,
-        }
-    return {
-        **info,
-        "video.fps": fps,
-        "video.channels": 3,
-        "has_audio": False,
-        "video.g": 2,
-        "video.crf": 30,
-        "video.preset": 12 if codec == "libsvtav1" else None,
-        "video.fast_decode": 0,
-        "video.video_backend": "pyav",
-        "video.extra_options": {k: v for k, v in options.items() if k == "x265-params"},
-        "is_depth_map": False,
-    }
-
-
 def _episode_tables(
     episodes: Sequence[EpisodeData],
     features: dict[str, dict[str, Any]],
@@ -252,7 +210,7 @@ def _episode_tables(
         for key, ft in features.items():
             arr = ep.frames[key]
             if ft["dtype"] == "image":
-                rows = [{"bytes": _png(img), "path": f"frame-{i:06d}.png"} for i, img in enumerate(arr)]
+                rows = [{"bytes": png(img), "path": f"frame-{i:06d}.png"} for i, img in enumerate(arr)]
                 columns[key], hf_features[key] = pa.array(rows, image_type), {"_type": "Image"}
             elif ft["dtype"] != "video":
                 values = pa.array(arr.astype(ft["dtype"]).reshape(-1))
@@ -280,50 +238,6 @@ def _episode_tables(
         tables.append(pa.table(columns).replace_schema_metadata(metadata))
         start += length
     return tables
-
-
-def _png(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 image as PNG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-@contextmanager
-def _quiet_encoders() -> Iterator[None]:
-    """Silence SVT-AV1's banner (it reads ``SVT_LOG`` when an encoder is created)."""
-    previous = os.environ.get("SVT_LOG")
-    os.environ["SVT_LOG"] = previous or "1"  # 1 = errors only
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("SVT_LOG", None)
-
-
-def _encode_video(path: Path, frames: Iterable[np.ndarray], plan: _Plan) -> None:
-    """Encode RGB uint8 frames into an mp4 as LeRobot's ``encode_video_frames`` does.
-
-    libx265 sometimes leaves the decode timestamps of 1- or 2-frame streams uninitialised
-    (the mp4 muxer then fails); such a constant offset is removed so that ``dts == pts``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = iter(frames)
-    first = next(frames)
-    shift: int | None = None
-    with av.open(str(path), "w") as container:
-        options = dict(_CODECS[plan.codec][1])
-        stream = cast(VideoStream, container.add_stream(plan.codec, plan.fps, options=options))
-        stream.pix_fmt = "yuv420p"
-        stream.height, stream.width = first.shape[:2]
-        rgb = (av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24") for f in (first, *frames))
-        for frame in itertools.chain(rgb, [None]):  # None flushes the encoder
-            for packet in stream.encode(frame):
-                if packet.pts is not None and packet.dts is not None:
-                    if shift is None:  # a B-frame delay is at most 16 frames
-                        shift = 0 if 0 <= packet.pts - packet.dts <= 16 else packet.pts - packet.dts
-                    packet.dts += shift
-                container.mux(packet)
 
 
 def _stats(data: np.ndarray, is_image: bool, quantiles: bool) -> dict[str, np.ndarray]:
@@ -383,9 +297,8 @@ def _write_v30(root: Path, plan: _Plan, per_file: int) -> None:
         )
         for key in plan.video_keys:
             frames = (frame for i in group for frame in plan.episodes[i].frames[key])
-            _encode_video(
-                root / _V30_VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file), frames, plan
-            )
+            path = root / _V30_VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+            encode_video(path, frames, plan.codec, plan.fps)
         offset = 0  # frames of this file before the episode
         for i in group:
             length, start = plan.tables[i].num_rows, plan.tables[i].column("index")[0].as_py()
@@ -424,7 +337,8 @@ def _write_v21(root: Path, plan: _Plan) -> None:
         names = {"episode_chunk": i // CHUNKS_SIZE, "episode_index": i}
         _write_parquet(root / _V21_DATA_PATH.format(**names), [table])
         for key in plan.video_keys:
-            _encode_video(root / _V21_VIDEO_PATH.format(video_key=key, **names), ep.frames[key], plan)
+            path = root / _V21_VIDEO_PATH.format(video_key=key, **names)
+            encode_video(path, ep.frames[key], plan.codec, plan.fps)
         episodes.append({"episode_index": i, "tasks": [ep.task], "length": table.num_rows})
         stats.append({"episode_index": i, "stats": _to_json(_stats_of(plan, [i], quantiles=False))})
     tasks = [{"task_index": i, "task": task} for i, task in enumerate(plan.tasks)]

@@ -1,4 +1,4 @@
-"""A small pool of decoding processes, started as `python -m bufconv.workers`.
+"""A small pool of decoding processes, started as `python -m bufconv.convert.workers`.
 
 multiprocessing's spawn and forkserver re-import the caller's main module in every worker, so a
 script calling `bufconv.build(workers=4)` without an `if __name__ == "__main__"` guard would
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import DecodeError
+from ..errors import DecodeError
 
 _HEADER = struct.Struct("<Q")
 
@@ -70,7 +70,7 @@ class _Worker:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), package_parent]))
         # A session of their own: Ctrl-C reaches the parent only, which stops the workers.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bufconv.workers"],
+            [sys.executable, "-m", "bufconv.convert.workers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from . import errors as E
-from .cache import CacheFile, read_cache, safe_load
-from .errors import InvalidCacheError, Problem
-from .options import BuildOptions, parse_episodes, validate_range
-from .ranges import DOUBLE_NORMALIZED_MAX, range_problem
+from .. import errors as E
+from ..errors import InvalidCacheError, Problem
+from ..options import BuildOptions, parse_episodes, validate_range
+from ..ranges import DOUBLE_NORMALIZED_MAX, range_problem
+from .reader import CacheFile, read_cache, safe_load
 
 _MIN_IMAGE_SIDE = 8
 
@@ -155,8 +155,8 @@ def _check_pixels(cache: CacheFile, report: VerifyReport) -> None:
 
 
 def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: VerifyReport) -> None:
-    from .errors import BufconvError
-    from .pipeline import check_freshness, prepare
+    from ..errors import BufconvError
+    from .freshness import check_freshness, prepare
 
     try:
         built = cache.meta["fingerprint_inputs"]["options"]

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import DatasetError
-from .options import BuildOptions, format_episodes
+from ..errors import DatasetError
+from ..options import BuildOptions, format_episodes
 
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
 INFO_PATH = "meta/info.json"

@@ -1,0 +1,6 @@
+"""Convert: a `cache.freshness.Request` in, a sealed cache file out.
+
+Takes in a resolved request (dataset, selection, `BuildOptions`); plans decoding units, runs them
+here or in worker processes, and hands on a cache file written through `cache.writer`.
+Open `pipeline.py` first (`ensure`, `build`), then `plan.py`, `units.py`, `workers.py`.
+"""
