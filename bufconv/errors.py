@@ -88,7 +88,7 @@ def unwritable_folder(folder: Path, error: OSError) -> CacheError:
     """The CacheError for a folder the cache cannot be written to."""
     why = os.strerror(error.errno) if error.errno else str(error)
     return CacheError(
-        f"{folder}: cannot write the cache here ({why}); choose a writable folder with -o/--output or cache_path=",
+        f"{folder}: cannot write the cache here ({why}); choose a writable folder with -o/--output",
         path=folder,
     )
 

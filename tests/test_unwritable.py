@@ -169,7 +169,9 @@ def test_read_only_folder_cli(read_only: tuple[Path, Path, bytes]) -> None:
     dataset, cache, data = read_only
     done = run_restricted("-c", CLI, "build", str(dataset), "-o", str(cache), "--force", "--workers", "1")
     assert done.returncode == 1, done.stderr
-    assert_one_line_cli_error(done.stderr, cache.parent)
+    line = assert_one_line_cli_error(done.stderr, cache.parent)
+    assert "Permission denied" in line, line  # the folder's refusal, not a retry's "No such file"
+    assert "No such file" not in line and "cache_path=" not in line, line
     assert cache.read_bytes() == data
     assert debris(cache) == []
 
@@ -350,5 +352,30 @@ def test_no_free_space_cli(old_cache: tuple[Path, Path, bytes], no_free_space: N
     assert result.exit_code == 1, result.output
     line = assert_one_line_cli_error(result.stderr, cache.parent)
     assert "not enough free space" in line
+    assert "margin" in line
     assert cache.read_bytes() == data
     assert debris(cache) == []
+
+
+def test_free_space_just_above_the_cache_size_is_enough(
+    old_cache: tuple[Path, Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder with the cache's size plus the stated margin free builds (no hidden 64 MiB
+    margin); with less than the tensors need it is refused, and the message gives both parts."""
+    dataset, cache, data = old_cache
+    folder, real = cache.parent, os.statvfs
+    free = {"bytes": len(data) + (1 << 20)}
+
+    def statvfs(path: Any) -> Any:
+        if Path(path) == folder:
+            return types.SimpleNamespace(f_bavail=free["bytes"] // 4096, f_frsize=4096, f_bsize=4096)
+        return real(path)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    assert load(dataset, cache, image_range=255).status == "rebuilt"
+    free["bytes"] = len(data) // 2
+    with pytest.raises(CacheError) as error:
+        load(dataset, cache, image_range=1)
+    message = str(error.value)
+    assert "of tensors plus a 1.0 MB margin" in message, message
+    assert f"{len(data) // 2 / 1e6:.1f} MB free" in message, message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -80,11 +81,13 @@ def _open_lock_file(path: Path, final: Path) -> int:
     (another user's lock file in a shared folder: flock works on read-only descriptors)."""
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:
+    except PermissionError as denied:
         try:
             return os.open(path, os.O_RDONLY)
         except OSError as e:
-            raise unwritable_folder(final.parent, e) from e
+            # No lock file to share (ENOENT) means the folder itself refused it: report that
+            # refusal, not the missing file of the read-only retry.
+            raise unwritable_folder(final.parent, denied if e.errno == errno.ENOENT else e) from e
     except OSError as e:
         raise unwritable_folder(final.parent, e) from e
 

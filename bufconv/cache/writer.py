@@ -25,7 +25,9 @@ from .checksum import INTEGRITY_LENGTH, checksum_spans, integrity_comment
 from .reader import FORMAT, FORMAT_VERSION, TensorSpec, dtype_name
 from .sink import NUMPY_DTYPES, Target, pwrite_all
 
-_SPACE_MARGIN = 64 << 20
+#: Room asked for beyond the tensors: the header (pickled meta, zip records and directory) is
+#: written last and is a few kB, up to a few hundred kB for tens of thousands of episodes.
+_SPACE_MARGIN = 1 << 20
 
 
 def temp_path_for(final: Path) -> Path:
@@ -68,8 +70,9 @@ class CacheWriter:
             raise unwritable_folder(final.parent, e) from e
         if free < total + _SPACE_MARGIN:
             raise CacheError(
-                f"{final.parent}: not enough free space for the cache (needs {_mb(total + _SPACE_MARGIN)}, "
-                f"{_mb(free)} free); free some space or choose another folder with -o/--output",
+                f"{final.parent}: not enough free space for the cache (needs {_mb(total + _SPACE_MARGIN)}: "
+                f"{_mb(total)} of tensors plus a {_mb(_SPACE_MARGIN)} margin for the header; {_mb(free)} free); "
+                "free some space or choose another folder with -o/--output",
                 path=final.parent,
             )
         try:
