@@ -34,6 +34,15 @@ ACTION_KEY = "action"
 COMPLEMENTARY_PREFIX = "complementary_info."
 
 _UNKNOWN_KEY = "{root}: no feature {key!r} in meta/info.json; observation keys are: {available}"
+_NOT_A_STATE_KEY = (
+    "{root}: {key!r} is {role}, not an observation: --keys chooses the keys of the state "
+    "(bufconv stores action, reward and done on their own); observation keys are: {available}"
+)
+_ROLES = {
+    ACTION_KEY: "always stored as the transition's action",
+    REWARD_KEY: "always stored as the transition's reward",
+    DONE_KEY: "always stored as the transition's done flag",
+}
 _UNKNOWN_EPISODE = "{root}: episode(s) {missing} not in the dataset, which has episodes {available}"
 
 
@@ -150,15 +159,16 @@ class SourceDataset:
         if options.keys is None:
             keys = observation_keys
         else:
-            reserved = {*BOOKKEEPING, ACTION_KEY, REWARD_KEY, DONE_KEY}
+            available = ", ".join(observation_keys) or "(none)"
             for key in options.keys:
-                if key not in self.features or key in reserved or key.startswith(COMPLEMENTARY_PREFIX):
-                    raise DatasetError(
-                        _UNKNOWN_KEY.format(
-                            root=self.root, key=key, available=", ".join(observation_keys) or "(none)"
-                        ),
-                        path=self.root / INFO_PATH,
-                    )
+                role = _role(key)
+                if key not in self.features:
+                    message = _UNKNOWN_KEY.format(root=self.root, key=key, available=available)
+                elif role is not None:
+                    message = _NOT_A_STATE_KEY.format(root=self.root, key=key, role=role, available=available)
+                else:
+                    continue
+                raise DatasetError(message, path=self.root / INFO_PATH)
             keys = [k for k in self.features if k in options.keys]  # info.json order
         if not keys:
             raise DatasetError(
@@ -354,6 +364,17 @@ class SourceDataset:
 
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def _role(key: str) -> str | None:
+    """What a feature that is not a state key is for (None for keys a state may hold)."""
+    if key in _ROLES:
+        return _ROLES[key]
+    if key in BOOKKEEPING:
+        return "LeRobot's per-frame bookkeeping"
+    if key.startswith(COMPLEMENTARY_PREFIX):
+        return "stored with the transition's complementary_info"
+    return None
 
 
 def _is_numeric(dtype: str) -> bool:

@@ -30,6 +30,18 @@ _NOT_A_DATASET = "{root} is not a LeRobot dataset: {why}. Point DATASET at the f
 _UNSUPPORTED = "{path}: codebase_version {found!r} is not supported; bufconv reads {expected}. {fix}"
 _FIX_OLDER = "Convert it with LeRobot's converters first (lerobot/scripts/convert_dataset_v21_to_v30.py, after v20_to_v21 for v2.0)"
 _FIX_NEWER = "The dataset is newer than this bufconv: upgrade bufconv"
+_INCOMPLETE_INFO = (
+    "{path}: {what}; LeRobot writes 'codebase_version', 'fps' and 'features' there. The file is "
+    "incomplete or damaged: re-download the dataset or restore meta/info.json"
+)
+_NO_EPISODE_TABLE = (
+    "{root}: meta/info.json says codebase_version {version!r}, but its episode table ({table}) "
+    "is missing: the dataset is incomplete; re-download it"
+)
+_LAYOUT_EVIDENCE = {
+    "v3.0": f"{V30_EPISODES_GLOB}, no {V21_EPISODES_PATH}",
+    "v2.1": f"{V21_EPISODES_PATH}, no meta/episodes/",
+}
 
 
 def lerobot_home() -> Path:
@@ -112,11 +124,31 @@ def open_dataset(dataset: str | os.PathLike[str]) -> SourceDataset:
         raise DatasetError(
             f"{info_path}: unreadable JSON ({e}); re-download the dataset", path=info_path
         ) from e
-    if not isinstance(info, dict) or "features" not in info or "fps" not in info:
+    if not isinstance(info, dict):
         raise DatasetError(
-            _NOT_A_DATASET.format(root=root, why="meta/info.json lacks 'features' or 'fps'"), path=info_path
+            _INCOMPLETE_INFO.format(
+                path=info_path, what=f"holds a JSON {type(info).__name__}, not an object"
+            ),
+            path=info_path,
         )
-    version = str(info.get("codebase_version", "unknown"))
+    missing = [key for key in ("features", "fps") if key not in info]
+    if missing or not isinstance(info["features"], dict):
+        what = (
+            f"has no {' or '.join(repr(k) for k in missing)} key"
+            if missing
+            else "has a 'features' entry that is not an object"
+        )
+        raise DatasetError(_INCOMPLETE_INFO.format(path=info_path, what=what), path=info_path)
+    on_disk = _layouts_on_disk(root)
+    if "codebase_version" not in info:
+        guess = f" (this folder has the {on_disk[0]} layout)" if len(on_disk) == 1 else ""
+        raise DatasetError(
+            f"{info_path}: has no 'codebase_version' key, so the layout is unknown; bufconv reads "
+            f"{' and '.join(SUPPORTED_VERSIONS)}. Add the version the dataset was written with{guess}, "
+            "or re-download it",
+            path=info_path,
+        )
+    version = str(info["codebase_version"])
     if version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersionError(
             _UNSUPPORTED.format(
@@ -129,6 +161,13 @@ def open_dataset(dataset: str | os.PathLike[str]) -> SourceDataset:
             found=version,
             expected=SUPPORTED_VERSIONS,
         )
+    if on_disk and version not in on_disk:
+        raise DatasetError(
+            f"{info_path}: codebase_version is {version!r}, but the folder has the {on_disk[0]} layout "
+            f"({_LAYOUT_EVIDENCE[on_disk[0]]}): the label and the layout disagree. If the dataset was "
+            f"converted, set codebase_version to {on_disk[0]!r}; otherwise re-download it",
+            path=info_path,
+        )
     video_keys = [k for k, f in info["features"].items() if f.get("dtype") == "video"]
     if video_keys and not info.get("video_path"):
         raise DatasetError(f"{info_path}: video features but no 'video_path' template", path=info_path)
@@ -140,11 +179,21 @@ def open_dataset(dataset: str | os.PathLike[str]) -> SourceDataset:
     return SourceDataset(root, info, episodes, repo_id)
 
 
+def _layouts_on_disk(root: Path) -> list[str]:
+    """The layouts whose episode table the folder holds: ["v3.0"], ["v2.1"], both or neither."""
+    found = []
+    if next(root.glob(V30_EPISODES_GLOB), None) is not None:
+        found.append("v3.0")
+    if (root / V21_EPISODES_PATH).is_file():
+        found.append("v2.1")
+    return found
+
+
 def _episodes_v30(root: Path, info: dict[str, Any], video_keys: Sequence[str]) -> dict[int, Episode]:
     files = sorted(root.glob(V30_EPISODES_GLOB))
     if not files:
         raise DatasetError(
-            _NOT_A_DATASET.format(root=root, why="meta/episodes/ holds no parquet files"),
+            _NO_EPISODE_TABLE.format(root=root, version="v3.0", table=V30_EPISODES_GLOB),
             path=root / "meta/episodes",
         )
     columns = ["episode_index", "length", "data/chunk_index", "data/file_index"]
@@ -195,7 +244,7 @@ def _episodes_v21(root: Path, info: dict[str, Any], video_keys: Sequence[str]) -
     path = root / V21_EPISODES_PATH
     if not path.is_file():
         raise DatasetError(
-            _NOT_A_DATASET.format(root=root, why=f"there is no {V21_EPISODES_PATH}"), path=root
+            _NO_EPISODE_TABLE.format(root=root, version="v2.1", table=V21_EPISODES_PATH), path=root
         )
     chunks_size = int(info.get("chunks_size", 1000))
     episodes: dict[int, Episode] = {}
