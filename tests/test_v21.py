@@ -2,9 +2,11 @@
 
 A v2.1 dataset is written by bufconv's writer, a copy is converted to v3.0 by LeRobot's own
 `convert_dataset_v21_to_v30` (in-process, offline), and both are built: the two caches must be
-tensor for tensor identical. That is, bufconv reads v2.1 files exactly as LeRobot reads the
+tensor for tensor identical, and equal to what LeRobot itself decodes and puts in its replay
+buffer from the converted copy. That is, bufconv reads v2.1 files exactly as LeRobot reads the
 same files once converted. Separately, the v2.1 cache is checked against a plain PyAV decode of
-the per-episode mp4 files and against the arrays the writer was given.
+the per-episode mp4 files and against the arrays the writer was given. One variant spreads the
+episodes over two chunk folders; edits of the v2.1 metadata files make a cache stale.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import Spec, episode_frames
+from test_oracle import assert_frames_match, assert_transitions_match, lerobot_oracle
 
 import bufconv
+from bufconv.errors import StaleCacheError
 from bufconv.source.writer import EpisodeData, write_dataset
 
 SPEC = Spec(lengths=(7, 5, 3, 1))
 FRONT, WRIST = (k for k, _ in SPEC.cameras)
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "videos": (),  # both cameras as AV1 mp4, one per episode
-    "png-images": (WRIST,),  # the wrist camera as PNG bytes in the parquet
+VARIANTS: dict[str, dict[str, Any]] = {  # write_dataset arguments
+    "videos": {},  # both cameras as AV1 mp4, one per episode
+    "png-images": {"image_keys": (WRIST,)},  # the wrist camera as PNG bytes in the parquet
+    # two episodes per chunk: episodes 2 and 3 live in data/chunk-001 and videos/chunk-001
+    "two-chunks": {"chunks_size": 2},
 }
 
 
@@ -53,10 +59,10 @@ def written_episodes() -> list[EpisodeData]:
 
 @pytest.fixture(scope="module", params=list(VARIANTS), ids=list(VARIANTS))
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Pair:
-    image_keys = VARIANTS[request.param]
+    image_keys = tuple(VARIANTS[request.param].get("image_keys", ()))
     base = tmp_path_factory.mktemp(f"v21-{request.param}")
     episodes = written_episodes()
-    v21 = write_dataset(base / "v21", episodes, fps=SPEC.fps, layout="v2.1", image_keys=image_keys)
+    v21 = write_dataset(base / "v21", episodes, fps=SPEC.fps, layout="v2.1", **VARIANTS[request.param])
     copy = base / "converted"
     shutil.copytree(v21, copy)
     with pytest.MonkeyPatch.context() as mp:
@@ -140,7 +146,8 @@ def test_v21_frames_equal_pyav_decode_and_written_values(pair: Pair, tmp_path: P
             if key in pair.image_keys:  # lossless PNG: the very frames given to the writer
                 assert np.array_equal(stored, given[key]), f"{key} episode {e}"
                 continue
-            mp4 = pair.v21 / layout["video_path"].format(episode_chunk=0, video_key=key, episode_index=e)
+            chunk = e // layout["chunks_size"]
+            mp4 = pair.v21 / layout["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=e)
             decoded, times = decode_all(mp4)
             assert len(decoded) == n
             assert times == pytest.approx([i / SPEC.fps for i in range(n)], abs=1e-9)
@@ -161,3 +168,71 @@ def test_v21_frames_equal_pyav_decode_and_written_values(pair: Pair, tmp_path: P
         assert torch.equal(tensors["frame_index"][rows], torch.arange(n))
         start += n
     assert start == len(tensors["action"])
+
+
+def test_chunk_folders_follow_chunks_size(pair: Pair) -> None:
+    """Episode e's parquet and mp4 files sit in chunk e // chunks_size; the two-chunks variant has two."""
+    layout = info(pair.v21)
+    expected = {f"chunk-{e // layout['chunks_size']:03d}" for e in range(len(SPEC.lengths))}
+    data = {p.parent.name for p in (pair.v21 / "data").glob("*/episode_*.parquet")}
+    assert data == expected
+    assert layout["total_chunks"] == len(expected)
+    if (pair.v21 / "videos").exists():
+        assert {p.parts[-3] for p in (pair.v21 / "videos").glob("*/*/episode_*.mp4")} == expected
+    if layout["chunks_size"] == 2:
+        assert expected == {"chunk-000", "chunk-001"}
+
+
+def test_v21_cache_equals_lerobots_decode_and_buffer_of_the_conversion(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LeRobot 0.6.1 reads the converted copy (PyAV decode, `from_lerobot_dataset`): the caches of the
+    v2.1 original and of the copy hold exactly LeRobot's frames and transitions.
+
+    (The caches being equal to each other, above, would also hold if bufconv misread both layouts alike.)
+    """
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    oracle = lerobot_oracle(pair.v30)
+    for name, root in (("v21", pair.v21), ("v30", pair.v30)):
+        path = tmp_path / f"{name}.pt"
+        bufconv.build(root, path, workers=1)
+        assert_frames_match(path, oracle)
+        assert_transitions_match(path, oracle)
+
+
+def rename_task_of_episode_0(root: Path) -> None:
+    lines = (root / "meta/episodes.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["tasks"] = ["put the cube back"]
+    (root / "meta/episodes.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+
+
+def rename_task_0(root: Path) -> None:
+    lines = (root / "meta/tasks.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["task"] = "put the cube back"
+    (root / "meta/tasks.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("edit", "changed"),
+    [(rename_task_of_episode_0, "meta/episodes.jsonl"), (rename_task_0, "meta/tasks.jsonl")],
+    ids=["episodes.jsonl", "tasks.jsonl"],
+)
+def test_edited_v21_metadata_makes_the_cache_stale(
+    edit: Any, changed: str, pair: Pair, tmp_path: Path
+) -> None:
+    """An edit of meta/episodes.jsonl or meta/tasks.jsonl (here a task's text, which leaves every
+    tensor as it was) is refused as stale, naming the file, and a rebuild says the same."""
+    root = tmp_path / "v21"
+    shutil.copytree(pair.v21, root)
+    cache = tmp_path / "offline_buffer.pt"
+    assert bufconv.load_or_build(root, cache, workers=1, use_drq=False).status == "built"
+    assert bufconv.load_or_build(root, cache, workers=1, use_drq=False).status == "hit"
+    edit(root)
+    with pytest.raises(StaleCacheError) as info_:
+        bufconv.load_or_build(root, cache, workers=1, use_drq=False, on_stale="error")
+    assert f"{changed} changed" in str(info_.value)
+    rebuilt = bufconv.load_or_build(root, cache, workers=1, use_drq=False)
+    assert rebuilt.status == "rebuilt"
+    assert rebuilt.stale_reasons == [f"{changed} changed"]

@@ -73,6 +73,7 @@ class _Plan:
     tasks: list[str]
     codec: str
     fps: int
+    chunks_size: int
 
     @property
     def video_keys(self) -> list[str]:
@@ -90,6 +91,7 @@ def write_dataset(
     codec: str = "libsvtav1",
     episodes_per_file: int | None = None,
     robot_type: str | None = None,
+    chunks_size: int = CHUNKS_SIZE,
 ) -> Path:
     """Write ``episodes`` as a LeRobot dataset under ``root``.
 
@@ -105,6 +107,8 @@ def write_dataset(
         episodes_per_file: v3.0 only: episodes per data parquet file and per mp4 file
             of each camera; ``None`` puts all episodes in one file.
         robot_type: Value of ``robot_type`` in ``info.json``.
+        chunks_size: Files per ``chunk-XXX`` folder (``chunks_size`` in ``info.json``); a small
+            value spreads a few episodes (v2.1) or files (v3.0) over several chunks.
 
     Returns:
         The dataset root as a ``Path``.
@@ -121,12 +125,20 @@ def write_dataset(
         raise ValueError(f"fps must be a positive int, got {fps!r}")
     if episodes_per_file is not None and (layout != "v3.0" or episodes_per_file < 1):
         raise ValueError("episodes_per_file must be a positive int and is only valid for layout 'v3.0'")
+    if not isinstance(chunks_size, int) or chunks_size < 1:
+        raise ValueError(f"chunks_size must be a positive int, got {chunks_size!r}")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"root must not exist or be an empty folder: {root}")
     features = _infer_features(episodes, video_keys, image_keys, codec, fps, layout)
     tasks = list(dict.fromkeys(ep.task for ep in episodes))
     plan = _Plan(
-        episodes, features, _episode_tables(episodes, features, tasks, fps, layout), tasks, codec, fps
+        episodes,
+        features,
+        _episode_tables(episodes, features, tasks, fps, layout),
+        tasks,
+        codec,
+        fps,
+        chunks_size,
     )
     root.mkdir(parents=True, exist_ok=True)
     with quiet_encoders():
@@ -290,7 +302,7 @@ def _write_v30(root: Path, plan: _Plan, per_file: int) -> None:
     """Write data, videos and episode/task/stats metadata in the v3.0 layout."""
     rows: list[dict[str, Any]] = []
     for number, first in enumerate(range(0, len(plan.episodes), per_file)):
-        chunk, file = divmod(number, CHUNKS_SIZE)
+        chunk, file = divmod(number, plan.chunks_size)
         group = range(first, min(first + per_file, len(plan.episodes)))
         _write_parquet(
             root / _V30_DATA_PATH.format(chunk_index=chunk, file_index=file), [plan.tables[i] for i in group]
@@ -334,7 +346,7 @@ def _write_v21(root: Path, plan: _Plan) -> None:
     """Write one parquet and one mp4 per episode plus the ``meta/*.jsonl`` files (LeRobot 0.3.x)."""
     episodes, stats = [], []
     for i, (ep, table) in enumerate(zip(plan.episodes, plan.tables, strict=True)):
-        names = {"episode_chunk": i // CHUNKS_SIZE, "episode_index": i}
+        names = {"episode_chunk": i // plan.chunks_size, "episode_index": i}
         _write_parquet(root / _V21_DATA_PATH.format(**names), [table])
         for key in plan.video_keys:
             path = root / _V21_VIDEO_PATH.format(video_key=key, **names)
@@ -365,8 +377,8 @@ def _write_info(root: Path, plan: _Plan, layout: str, robot_type: str | None) ->
             "robot_type": robot_type,
             **counts,
             "total_videos": num_videos * num_episodes,
-            "total_chunks": (num_episodes - 1) // CHUNKS_SIZE + 1,
-            "chunks_size": CHUNKS_SIZE,
+            "total_chunks": (num_episodes - 1) // plan.chunks_size + 1,
+            "chunks_size": plan.chunks_size,
             "fps": plan.fps,
             "splits": splits,
             "data_path": _V21_DATA_PATH,
@@ -379,7 +391,7 @@ def _write_info(root: Path, plan: _Plan, layout: str, robot_type: str | None) ->
             "fps": plan.fps,
             "features": features,
             **counts,
-            "chunks_size": CHUNKS_SIZE,
+            "chunks_size": plan.chunks_size,
             "data_files_size_in_mb": 100,
             "video_files_size_in_mb": 200,
             "data_path": _V30_DATA_PATH,
