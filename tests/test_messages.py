@@ -7,6 +7,7 @@ Datasets are real LeRobot-written ones (tests/conftest.py), damaged one field at
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from collections.abc import Callable
@@ -119,3 +120,46 @@ def test_keys_naming_a_non_observation_feature(
     assert "not an observation" in line
     assert "no feature" not in line
     assert "observation.images.front" in line  # the keys it could have meant
+
+
+# ---- files bufconv did not write ----------------------------------------------------------------
+
+
+class _Executes:
+    """Unpickling this runs `os.system`: a malicious checkpoint."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        import os
+
+        return (os.system, ("touch /tmp/bufconv-must-not-run",))
+
+
+def test_random_bytes_are_not_said_to_hold_python_objects(tmp_path: Path) -> None:
+    """Random bytes, raw or after a pickle's protocol prefix: damaged/not a torch file, and no
+    talk of Python objects; never torch's advice to retry with weights_only=False."""
+    rng = random.Random(14)
+    for i, prefix in enumerate([b"", b"\x80\x02", b"\x80\x02\x8a\x0a"]):
+        path = tmp_path / f"noise{i}.pt"
+        path.write_bytes(prefix + bytes(rng.randrange(256) for _ in range(4096)))
+        result = run("verify", str(path), "--json")
+        assert result.exit_code == 1, result.output
+        messages = " ".join(p["message"] for p in json.loads(result.stdout)["problems"])
+        assert "Python objects" not in messages and "Python code" not in messages, messages
+        assert "weights_only" not in result.output
+        assert "damaged" in messages or "truncated" in messages, messages
+
+
+def test_malicious_pickle_names_the_code_and_never_advises_executing_it(tmp_path: Path) -> None:
+    """A pickle that would call os.system: reported as referring to that code, not executed,
+    and the output never repeats torch's "weights_only=False will likely succeed"."""
+    import torch
+
+    path = tmp_path / "trap.pt"
+    torch.save({"x": _Executes()}, path)
+    for args in (["verify", str(path)], ["verify", str(path), "--json"]):
+        result = run(*args)
+        assert result.exit_code == 1, result.output
+        assert "Python code (posix.system)" in result.stdout, result.stdout
+        assert "not executed" in result.stdout
+        assert "weights_only" not in result.output and "add_safe_globals" not in result.output
+    assert not Path("/tmp/bufconv-must-not-run").exists()

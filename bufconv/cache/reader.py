@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,7 @@ def safe_load(path: Path, *, mmap: bool = True) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _invalid(
-            path,
-            E.UNREADABLE,
-            f"safe loading refused the file: it holds Python objects other than tensors and plain values ({first}); it was not executed",
-        ) from e
+        raise _invalid(path, E.UNREADABLE, _refusal(str(e))) from e
     except Exception as e:  # torch.load raises RuntimeError, EOFError, ValueError, ... for damaged files
         raise _invalid(
             path,
@@ -110,10 +106,35 @@ def safe_load(path: Path, *, mmap: bool = True) -> Any:
 def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> CacheFile:
     """Open a cache, checking it from cheap to expensive.
 
-    Args:
-        path: The `.pt` file.
-        verify_payload: Also recompute every tensor checksum (reads all bytes; xxh3 runs at
-            several GB/s, so this is well under a second for typical caches).
+
+def _refusal(message: str) -> str:
+    """Why torch's safe unpickler refused a file, without torch's advice.
+
+    torch's message suggests re-running with `weights_only=False` or allow-listing the class:
+    both execute the file's code, so neither is ever repeated to the user.
+    """
+    code = re.search(r"GLOBAL ([\w.]+)", message)
+    if code:
+        return _CODE.format(name=code.group(1))
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", message, re.DOTALL)
+    text = detail.group(1) if detail else ""
+    if not text or "weights_only" in text:
+        text = "refused by safe loading"
+    return _NOT_A_PICKLE.format(detail=" ".join(text.split()))
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return "" if "weights_only" in line else line
+
+
+def open_archive(
+    path: Path, *, format: str = FORMAT, format_version: int = FORMAT_VERSION
+) -> tuple[dict[str, Any], Layout]:
+    """The top-level object and zip layout of a file bufconv wrote, after the cheap checks.
+
+    Checks, cheap to expensive: a file, a zip as torch.save writes it, bufconv's integrity
+    record over the header and structure, safe loading, the `format` and its version.
 
     Raises:
         InvalidCacheError: with one problem whose code says what is wrong (`unreadable`,
