@@ -99,12 +99,13 @@ def safe_load(path: Path, *, mmap: bool = True) -> Any:
         raise _invalid(
             path,
             E.UNREADABLE,
-            f"not loadable by torch.load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            f"not a file torch.load can read ({type(e).__name__}: {_first_line(str(e))}): "
+            "it is damaged, truncated or not a torch file",
         ) from e
 
 
-def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> CacheFile:
-    """Open a cache, checking it from cheap to expensive.
+_CODE = "the file refers to Python code ({name}), which safe loading never runs; it was not executed"
+_NOT_A_PICKLE = "the file's data is not a valid pickle ({detail}): it is damaged, truncated or not a torch file"
 
 
 def _refusal(message: str) -> str:
@@ -128,13 +129,13 @@ def _first_line(text: str) -> str:
     return "" if "weights_only" in line else line
 
 
-def open_archive(
-    path: Path, *, format: str = FORMAT, format_version: int = FORMAT_VERSION
-) -> tuple[dict[str, Any], Layout]:
-    """The top-level object and zip layout of a file bufconv wrote, after the cheap checks.
+def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> CacheFile:
+    """Open a cache, checking it from cheap to expensive.
 
-    Checks, cheap to expensive: a file, a zip as torch.save writes it, bufconv's integrity
-    record over the header and structure, safe loading, the `format` and its version.
+    Args:
+        path: The `.pt` file.
+        verify_payload: Also recompute every tensor checksum (reads all bytes; xxh3 runs at
+            several GB/s, so this is well under a second for typical caches).
 
     Raises:
         InvalidCacheError: with one problem whose code says what is wrong (`unreadable`,
