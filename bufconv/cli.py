@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .errors import BufconvError
+from .errors import BufconvError, DatasetError
 from .options import DEFAULT_TOLERANCE_S, parse_episodes, parse_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,6 +40,8 @@ def handle_errors(command: F) -> F:
         verbose = click.get_current_context().find_root().params.get("verbose")
         try:
             return command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors: click prints them and exits 2
         except KeyboardInterrupt:
             _fail("interrupted; nothing was replaced")
             sys.exit(130)
@@ -211,9 +213,12 @@ def verify(path: str, dataset: str | None, image_range: str | None, quick: bool,
     """
     from .cache.verification import verify as run_verify
 
-    report = run_verify(
-        path, dataset=dataset, image_range=None if image_range is None else int(image_range), quick=quick
-    )
+    try:
+        report = run_verify(
+            path, dataset=dataset, image_range=None if image_range is None else int(image_range), quick=quick
+        )
+    except DatasetError as e:  # --dataset names no dataset: a wrong argument, not a problem of the cache
+        raise click.BadParameter(str(e), param_hint="'--dataset'") from None
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -45,6 +45,7 @@ INCONSISTENT = "inconsistent"
 RANGE_MISMATCH = "range-mismatch"
 DOUBLE_NORMALIZED = "double-normalized"
 STALE = "stale"
+DIFFERENT_DATASET = "different-dataset"  # verify --dataset names another dataset than the source
 
 
 @dataclass(frozen=True)

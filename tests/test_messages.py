@@ -163,3 +163,63 @@ def test_malicious_pickle_names_the_code_and_never_advises_executing_it(tmp_path
         assert "not executed" in result.stdout
         assert "weights_only" not in result.output and "add_safe_globals" not in result.output
     assert not Path("/tmp/bufconv-must-not-run").exists()
+
+
+# ---- verify --dataset -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(lerobot_dataset: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache of the default test dataset (read-only for the tests)."""
+    import bufconv
+
+    path = tmp_path_factory.mktemp("messages") / "offline_buffer.pt"
+    bufconv.build(lerobot_dataset(), path, workers=1)
+    return path
+
+
+def test_verify_dataset_typo_is_a_usage_error(built: Path, tmp_path: Path) -> None:
+    """`verify --dataset` with a path that is no dataset: exit 2 naming --dataset, not [stale]."""
+    typo = tmp_path / "pick_cub"
+    result = run("verify", str(built), "--dataset", str(typo))
+    assert result.exit_code == 2, result.output
+    assert "--dataset" in result.stderr and str(typo) in result.stderr
+    assert "stale" not in result.output and "Traceback" not in result.stderr
+
+
+def test_verify_against_another_dataset_is_not_called_stale(
+    built: Path, lerobot_dataset: Callable[..., Path]
+) -> None:
+    """`verify --dataset OTHER` (same features, other content): one different-dataset problem
+    naming both datasets and the fix; nothing listed as [stale]."""
+    other = lerobot_dataset(seed=1)
+    result = run("verify", str(built), "--dataset", str(other), "--json")
+    assert result.exit_code == 1, result.output
+    problems = json.loads(result.stdout)["problems"]
+    assert [p["code"] for p in problems] == ["different-dataset"], problems
+    message = problems[0]["message"]
+    assert str(other) in message and str(lerobot_dataset()) in message
+    assert "pass the dataset it was built from" in message
+
+
+def test_verify_against_a_dataset_without_its_keys(built: Path, lerobot_dataset: Callable[..., Path]) -> None:
+    """Another dataset that lacks the cache's cameras: different-dataset, naming the missing key."""
+    other = lerobot_dataset(cameras=(("observation.images.top", (24, 32)),))
+    result = run("verify", str(built), "--dataset", str(other))
+    assert result.exit_code == 1, result.output
+    assert "[different-dataset]" in result.stdout
+    assert "observation.images.front" in result.stdout
+    assert "[stale]" not in result.stdout
+
+
+def test_verify_against_a_changed_copy_of_its_dataset_is_stale(
+    built: Path, dataset_copy: Callable[..., Path]
+) -> None:
+    """Control: the same dataset with one file changed (in another folder) is still [stale],
+    with the file named."""
+    root = dataset_copy()
+    edit_info(root, lambda info: info.update(robot_type="changed"))
+    result = run("verify", str(built), "--dataset", str(root))
+    assert result.exit_code == 1, result.output
+    assert "[stale] meta/info.json changed" in result.stdout
+    assert "different-dataset" not in result.stdout

@@ -88,12 +88,16 @@ def verify(
     Args:
         path: Any `.pt` file.
         dataset: Also check the cache is fresh for this dataset (same options as it was built with,
-            except `image_range` if given).
+            except `image_range` if given). A cache built from another dataset is reported as
+            `different-dataset`, not as stale.
         image_range: The range the caller expects (1 or 255); a cache declaring another is a problem.
         quick: Skip the tensor checksums (everything else is cheap).
 
     Returns:
         A `VerifyReport`; `report.ok` is false when there are problems.
+
+    Raises:
+        DatasetError: `dataset` is not a dataset (a wrong path: a usage error, not a problem of the cache).
     """
     if image_range is not None:
         image_range = validate_range(image_range)
@@ -155,7 +159,8 @@ def _check_pixels(cache: CacheFile, report: VerifyReport) -> None:
 
 
 def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: VerifyReport) -> None:
-    from ..errors import BufconvError
+    from ..errors import BufconvError, DatasetError
+    from ..source.layouts import open_dataset
     from .freshness import check_freshness, prepare
 
     try:
@@ -171,13 +176,43 @@ def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: Veri
     except (KeyError, TypeError, AttributeError, ValueError, StopIteration) as e:
         report.add(E.INCONSISTENT, f"the header's build options are malformed ({type(e).__name__}: {e})")
         return
+    source = open_dataset(dataset)  # not a dataset at all: raised, the caller passed a wrong path
+    built_from = str(cache.meta["source"].get("root"))
+    fix = f"pass the dataset it was built from ({built_from}), or build a separate cache for {source.root}"
     try:
-        state = check_freshness(prepare(dataset, options), cache.path, verify_payload=False)
+        source.select(options)
+    except DatasetError as e:
+        report.add(E.DIFFERENT_DATASET, f"built from another dataset than {source.root}: {e}; {fix}")
+        return
+    try:
+        state = check_freshness(prepare(source, options), cache.path, verify_payload=False)
     except BufconvError as e:
         report.add(E.STALE, f"cannot check against {dataset}: {e}")
         return
+    if not state.fresh and _another_dataset(cache.meta, state.fingerprint.inputs, source.root):
+        report.add(
+            E.DIFFERENT_DATASET,
+            f"built from {built_from}, a different dataset than {source.root} (none of the data or video files it "
+            f"was built from match); {fix}",
+        )
+        return
     for reason in state.reasons:
         report.add(E.STALE, reason)
+
+
+def _another_dataset(meta: dict[str, Any], current: dict[str, Any], root: Path) -> bool:
+    """Whether a cache that does not match `root` was built from another dataset altogether
+    (rather than from an earlier state of this one): another folder, and none of the data or
+    video files the cache was built from has the same path and content there (metadata files
+    such as info.json are often identical across datasets recorded with one setup)."""
+    try:
+        if Path(meta["source"]["root"]).resolve() == root.resolve():
+            return False
+        before = meta["fingerprint_inputs"]["source"]["files"]
+        now = current["source"]["files"]
+    except (KeyError, TypeError, OSError):
+        return False
+    return not any(now.get(rel) == entry for rel, entry in before.items() if not rel.startswith("meta/"))
 
 
 # ---- foreign files --------------------------------------------------------------------------
