@@ -20,7 +20,7 @@ import click
 
 from . import __version__
 from .errors import BufconvError, DatasetError
-from .options import DEFAULT_TOLERANCE_S, parse_episodes, parse_keys
+from .options import DEFAULT_TOLERANCE_S, parse_crop, parse_episodes, parse_keys, parse_resize
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,6 +71,31 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
             raise click.BadParameter(str(e)) from None
 
     return callback
+
+
+def _parsed_each(
+    parse: Callable[[str], Any],
+) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], tuple[Any, ...]]:
+    """`_parsed` for an option given several times."""
+
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
+        return tuple(_parsed(parse)(ctx, param, value) for value in values)
+
+    return callback
+
+
+def _one_crop_per_camera(crops: tuple[tuple[str, Any], ...]) -> dict[str, Any] | None:
+    keys = [key for key, _ in crops]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise click.BadParameter(
+                f"two crops for {key!r}; give each camera one --crop", param_hint="--crop"
+            )
+    return dict(crops) or None
+
+
+def _g(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4g}"
 
 
 def _size(n: int) -> str:
@@ -138,6 +163,20 @@ def cli(verbose: bool) -> None:
     show_default=True,
     help="Largest allowed gap between a parquet timestamp and its video frame, in seconds.",
 )
+@click.option(
+    "--crop",
+    "crops",
+    multiple=True,
+    metavar="KEY=TOP,LEFT,HEIGHT,WIDTH",
+    callback=_parsed_each(parse_crop),
+    help="Crop one camera's frames, as LeRobot's crop_params_dict (repeat for each camera).",
+)
+@click.option(
+    "--resize",
+    metavar="H,W",
+    callback=_parsed(parse_resize),
+    help="Resize every camera's frames after the crop, as LeRobot's resize_size (bilinear, antialiased).",
+)
 @click.option("--force", is_flag=True, help="Rebuild even if the cache is up to date.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 @handle_errors
@@ -149,16 +188,21 @@ def build(
     episodes: tuple[int, ...] | None,
     workers: int | None,
     tolerance_s: float,
+    crops: tuple[tuple[str, tuple[int, int, int, int]], ...],
+    resize: tuple[int, int] | None,
     force: bool,
     quiet: bool,
 ) -> None:
     """Build an offline buffer cache from DATASET (a folder or a repo id).
 
     If OUTPUT is already up to date for this dataset and these options, nothing is decoded.
+    --crop and --resize apply LeRobot's ImageCropResizeProcessorStep to the frames while
+    decoding, so offline images match the live ones the env processor crops and resizes.
 
     \b
     Example:
       bufconv build ~/.cache/huggingface/lerobot/me/pick_cube --range 255 --episodes 0-9
+      bufconv build me/pick_cube --crop observation.images.front=0,80,480,480 --resize 128,128
     """
     from .convert.pipeline import build as run_build
 
@@ -170,6 +214,8 @@ def build(
         episodes=episodes,
         workers=workers,
         tolerance_s=tolerance_s,
+        crop=_one_crop_per_camera(crops),
+        resize=resize,
         force=force,
         progress=not quiet and sys.stderr.isatty(),
     )
@@ -264,6 +310,26 @@ def info(path: str, as_json: bool) -> None:
         f"frames: {meta['frames']:,} in {len(meta['episodes'])} episodes; done from {meta['done_source']}"
     )
     click.echo(f"fingerprint: {meta['fingerprint']}")
+    crops = meta.get("crop") or {}
+    crop_text = "; ".join(f"{k} {','.join(map(str, c))} (top,left,height,width)" for k, c in crops.items())
+    resize = meta.get("resize")
+    click.echo(f"crop: {crop_text or 'none'}; resize: {'x'.join(map(str, resize)) if resize else 'none'}")
+    actions = meta.get("actions")
+    if actions:
+        click.echo(f"actions ({actions['dims']} dims, {source['fps']} fps):")
+        for d in range(actions["dims"]):
+            name = actions["names"][d] if actions.get("names") else f"action[{d}]"
+            kind = actions["kinds"][d]
+            shape = (
+                f"discrete {{{', '.join(f'{v:g}' for v in kind['values'])}}}"
+                if kind["kind"] == "discrete"
+                else "continuous"
+            )
+            gripper = " (gripper)" if (actions.get("gripper") or {}).get("index") == d else ""
+            click.echo(
+                f"  {name}{gripper}: [{_g(actions['min'][d])}, {_g(actions['max'][d])}] "
+                f"mean {_g(actions['mean'][d])} std {_g(actions['std'][d])}, {shape}"
+            )
     click.echo("tensors:")
     width = max(len(k) for k in meta["tensors"])
     for name, t in meta["tensors"].items():

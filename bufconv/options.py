@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: The two value ranges a cache can declare for its image keys (SPEC section 3).
@@ -12,6 +12,14 @@ DEFAULT_TOLERANCE_S = 1e-4
 
 _BAD_RANGE = "image_range must be 1 (floats in [0,1]) or 255 (floats in [0,255]); got {!r}"
 _BAD_EPISODES = "cannot read episode selection {!r}: write it like '0-9,15' (ranges are inclusive)"
+_BAD_CROP = (
+    "cannot read crop {!r}: write it KEY=TOP,LEFT,HEIGHT,WIDTH in pixels, like "
+    "'observation.images.front=0,0,96,96' (top, left >= 0; height, width > 0)"
+)
+_BAD_RESIZE = "cannot read resize {!r}: write it H,W in pixels, like '128,128' (both > 0)"
+
+#: One camera's crop, as LeRobot's `crop_params_dict` gives it: (top, left, height, width) in pixels.
+Crop = tuple[int, int, int, int]
 
 
 def validate_range(image_range: object) -> int:
@@ -75,6 +83,59 @@ def parse_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
+def _int_values(values: object, count: int, error: str) -> tuple[int, ...]:
+    """`values` ("1,2" or a sequence) as exactly `count` ints; ValueError(error) otherwise."""
+    parts = values.split(",") if isinstance(values, str) else values
+    numbers = []
+    try:
+        for value in parts:  # type: ignore[attr-defined]
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = int(value.strip() if isinstance(value, str) else value)
+            if not isinstance(value, str) and float(value) != number:  # 1.5 is not a pixel
+                raise ValueError(value)
+            numbers.append(number)
+    except (TypeError, ValueError):
+        raise ValueError(error) from None
+    if len(numbers) != count:
+        raise ValueError(error)
+    return tuple(numbers)
+
+
+def parse_crop(text: str) -> tuple[str, Crop]:
+    """Parse 'observation.images.front=0,0,96,96' into (key, (top, left, height, width)).
+
+    Raises:
+        ValueError: not KEY=TOP,LEFT,HEIGHT,WIDTH with top, left >= 0 and height, width > 0.
+    """
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(_BAD_CROP.format(text))
+    return key.strip(), validate_crop(values, text)
+
+
+def validate_crop(values: object, shown: object = None) -> Crop:
+    """(top, left, height, width) as ints, top/left >= 0, height/width > 0; ValueError otherwise."""
+    error = _BAD_CROP.format(values if shown is None else shown)
+    top, left, height, width = _int_values(values, 4, error)
+    if top < 0 or left < 0 or height < 1 or width < 1:
+        raise ValueError(error)
+    return (top, left, height, width)
+
+
+def parse_resize(text: object) -> tuple[int, int]:
+    """Parse '128,128' (or a sequence of two ints) into (height, width), both > 0."""
+    height, width = _int_values(text, 2, _BAD_RESIZE.format(text))
+    if height < 1 or width < 1:
+        raise ValueError(_BAD_RESIZE.format(text))
+    return (height, width)
+
+
+def format_crop(crop: Crop) -> str:
+    """(0, 0, 96, 96) -> '0,0,96,96', the CLI's spelling."""
+    return ",".join(str(v) for v in crop)
+
+
 def default_workers() -> int:
     """All the cores this process may use."""
     try:
@@ -103,6 +164,14 @@ class BuildOptions:
     tolerance_s: float = DEFAULT_TOLERANCE_S
     """Largest allowed distance between a parquet timestamp and its decoded video frame (LeRobot's default)."""
 
+    crop: tuple[tuple[str, Crop], ...] = ()
+    """Per image key, (top, left, height, width) cropped from each decoded frame, as LeRobot's
+    `crop_params_dict`; sorted by key. Empty: no crop. Applied before `resize`."""
+
+    resize: tuple[int, int] | None = None
+    """(height, width) every image key is resized to after its crop, as LeRobot's `resize_size`
+    (bilinear, antialiased, on the frame's float values); None: no resize."""
+
     workers: int = field(default=1, compare=False)
     """Most decoding processes to use (a build uses at most one per two cores, and none for small
     builds: see `plan.worker_processes`). Does not change the output, so it is not part of the
@@ -121,6 +190,10 @@ class BuildOptions:
             if episodes[0] < 0:
                 raise ValueError(f"episode indices are >= 0; got {episodes[0]}")
             object.__setattr__(self, "episodes", episodes)
+        crops = dict(self.crop.items() if isinstance(self.crop, Mapping) else self.crop)
+        object.__setattr__(self, "crop", tuple(sorted((str(k), validate_crop(v)) for k, v in crops.items())))
+        if self.resize is not None:
+            object.__setattr__(self, "resize", parse_resize(self.resize))
         if not self.tolerance_s > 0:
             raise ValueError(f"tolerance_s must be > 0; got {self.tolerance_s!r}")
         if self.workers < 1:
@@ -135,16 +208,36 @@ class BuildOptions:
         episodes: Sequence[int] | str | None = None,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         workers: int | None = 1,
+        crop: Mapping[str, Sequence[int] | str] | Sequence[str] | None = None,
+        resize: Sequence[int] | str | None = None,
     ) -> BuildOptions:
-        """Build options from user-facing values: keys and episodes may be given as CLI strings."""
+        """Build options from user-facing values: keys, episodes, crops and the resize may be
+        given as CLI strings (`crop` as {key: (top, left, height, width)} or ["KEY=T,L,H,W", ...])."""
         if isinstance(keys, str):
             keys = parse_keys(keys)
         if isinstance(episodes, str):
             episodes = parse_episodes(episodes)
+        crops: dict[str, Crop] = {}
+        if isinstance(crop, Mapping):
+            crops = {str(k): validate_crop(v, f"{k}={v}") for k, v in crop.items()}
+        elif crop is not None:
+            if isinstance(crop, str):
+                crop = [crop]
+            for text in crop:
+                key, values = parse_crop(text)
+                if key in crops:
+                    raise ValueError(f"two crops for {key!r}; give each camera one --crop")
+                crops[key] = values
         return cls(
             image_range=image_range,
             keys=None if keys is None else tuple(keys),
             episodes=None if episodes is None else tuple(episodes),
             tolerance_s=float(tolerance_s),
+            crop=tuple(crops.items()),
+            resize=None if resize is None else parse_resize(resize),
             workers=default_workers() if workers is None else workers,
         )
+
+    def crop_of(self, key: str) -> Crop | None:
+        """The crop of image key `key`, or None."""
+        return dict(self.crop).get(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -33,11 +33,13 @@ def load_or_build(
     generator: torch.Generator | None = None,
     progress: bool = False,
     lock_timeout: float | None = None,
+    crop: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    resize: Sequence[int] | str | None = None,
 ) -> OfflineBuffer:
     """Serve `dataset` as an offline buffer, through the cache at `cache_path`.
 
     A cache whose fingerprint matches the request (dataset content, range, keys, episodes,
-    tolerance, format version) and whose checksums hold is used as is (`status == "hit"`).
+    tolerance, crop and resize, format version) and whose checksums hold is used as is (`status == "hit"`).
     Anything else at `cache_path` (another range, changed videos, a damaged file, an old
     `torch.save` of a LeRobot buffer) is stale: rebuilt atomically under a lock (`"rebuilt"`,
     reasons in `stale_reasons`), or, with `on_stale="error"`, refused with `StaleCacheError`.
@@ -59,14 +61,18 @@ def load_or_build(
         generator: Source of randomness for sampling (default: freshly seeded).
         progress: Show a progress bar while building.
         lock_timeout: Give up waiting for another builder after this many seconds (None: wait).
+        crop: Per image key, (top, left, height, width) cropped from its frames at build time
+            (LeRobot's `crop_params_dict`).
+        resize: (height, width) all image keys are resized to after the crop (LeRobot's `resize_size`).
 
     Raises:
         StaleCacheError: stale cache and `on_stale="error"`.
         DatasetError, DecodeError, CacheError: the dataset or the cache path is unusable.
     """
     options = BuildOptions.create(
-        image_range=image_range, keys=state_keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers
-    )
+        image_range=image_range, keys=state_keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
+        crop=crop, resize=resize,
+    )  # fmt: skip
     request = prepare(dataset, options)
     if progress:
         from ..convert.pipeline import _progress_bar

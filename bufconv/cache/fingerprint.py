@@ -2,7 +2,7 @@
 
 Inputs (recorded in the cache header next to the hash, so a mismatch can say what changed):
 the format version; the converter version (`CONVERTER_VERSION`); the options (output range per image key, state keys, episodes,
-`tolerance_s`); and the source dataset's identity: its codebase version and, for each metadata,
+`tolerance_s`, and the crop and resize when the build has them); and the source dataset's identity: its codebase version and, for each metadata,
 data and video file the build read, the size and xxh3-128 digest of its content.
 
 Hashing gigabytes of video on every learner start would defeat the cache, so each file's size
@@ -61,13 +61,22 @@ class Fingerprint:
 
 
 def option_inputs(options: BuildOptions, selection: Selection) -> dict[str, Any]:
-    """The options part of the fingerprint inputs (resolved against the dataset)."""
-    return {
+    """The options part of the fingerprint inputs (resolved against the dataset).
+
+    `crop` and `resize` appear only when set, so a cache from before they existed hashes as
+    one without them: it is stale only for a request that asks for one.
+    """
+    inputs: dict[str, Any] = {
         "ranges": {key: options.image_range for key in selection.image_keys},
         "state_keys": sorted(selection.state_keys),
         "episodes": format_episodes(selection.episodes),
         "tolerance_s": options.tolerance_s,
     }
+    if options.crop:
+        inputs["crop"] = {key: list(crop) for key, crop in options.crop}
+    if options.resize is not None:
+        inputs["resize"] = list(options.resize)
+    return inputs
 
 
 #: Digests taken earlier, by file: (size, mtime_ns, digest). Reused while a file's stat is unchanged.
@@ -126,6 +135,14 @@ def _hash(inputs: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _crop_text(crop: Any) -> str:
+    return "none" if not crop else ",".join(str(v) for v in crop) + " (top,left,height,width)"
+
+
+def _size_text(size: Any) -> str:
+    return "none" if not size else "x".join(str(v) for v in size)
+
+
 def explain(cached: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
     """Why a cache built from `cached` inputs does not serve a request with `requested` inputs.
 
@@ -154,6 +171,16 @@ def explain(cached: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str
     for field in ("episodes", "tolerance_s"):
         if old_opts.get(field) != new_opts.get(field):
             reasons.append(f"{field}: cache {old_opts.get(field)}, requested {new_opts.get(field)}")
+    old_crops, new_crops = old_opts.get("crop") or {}, new_opts.get("crop") or {}
+    for key in sorted(set(old_crops) | set(new_crops)):
+        if old_crops.get(key) != new_crops.get(key):
+            reasons.append(
+                f"crop of {key}: cache {_crop_text(old_crops.get(key))}, requested {_crop_text(new_crops.get(key))}"
+            )
+    if old_opts.get("resize") != new_opts.get("resize"):
+        reasons.append(
+            f"resize: cache {_size_text(old_opts.get('resize'))}, requested {_size_text(new_opts.get('resize'))}"
+        )
     old_src, new_src = cached.get("source", {}), requested.get("source", {})
     if old_src.get("codebase_version") != new_src.get("codebase_version"):
         reasons.append(

@@ -5,8 +5,9 @@ conversion runs there, off the decoding thread), writes each full run of rows to
 with `pwrite` and asks the kernel to start writing it to disk (`sync_file_range`), so
 conversion, copying into the page cache and disk writeback overlap decoding, and the final
 fsync has almost nothing left to do. Memory stays at a few staging buffers and the decoded
-frames of at most three runs, whatever the cache size.
-Nothing here imports torch: worker processes use it too.
+frames of at most three runs, whatever the cache size. A build's crop and resize
+(`source.transform`) run on that thread too, a run of frames at a time.
+Nothing here imports torch (a resize does, on first use): worker processes use it too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import xxhash
+
+from ..source.transform import FrameTransform
 
 NUMPY_DTYPES: dict[str, Any] = {
     "uint8": np.uint8, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
@@ -80,9 +83,9 @@ class Target:
     def row_bytes(self) -> int:
         return math.prod(self.shape[1:]) * np.dtype(NUMPY_DTYPES[self.dtype]).itemsize
 
-    def sink(self) -> RowSink:
+    def sink(self, transform: FrameTransform | None = None) -> RowSink:
         """A `RowSink` writing into this tensor (opens the file; close the sink when done)."""
-        return RowSink(self)
+        return RowSink(self, transform=transform)
 
 
 class RowSink:
@@ -96,16 +99,29 @@ class RowSink:
     transposing copy and the kernel's copy run on another core while the caller decodes.
     `close()` (or leaving the `with` block) writes what is pending and waits; conversion and
     write errors surface there (or at the next `put`).
+
+    With a `transform` (crop and resize), frames are put at their decoded size (`row_shape`)
+    and each run is transformed to the tensor's row shape on the writer thread.
     """
 
-    def __init__(self, target: Target, stage_bytes: int = STAGE_BYTES) -> None:
+    def __init__(
+        self, target: Target, stage_bytes: int = STAGE_BYTES, transform: FrameTransform | None = None
+    ) -> None:
         self.target = target
-        self.row_shape = tuple(target.shape[1:])
+        self.transform = transform
+        channels, out_height, out_width = target.shape[1:]
+        height, width = transform.source_hw if transform is not None else (out_height, out_width)
+        self.row_shape = (channels, height, width)
+        """Shape of the frames put, (C, H, W): the tensor's rows, or the decoded frames a transform takes."""
         self.row_bytes = target.row_bytes
-        self.rows_per_run = max(1, stage_bytes // max(1, self.row_bytes))
         dtype = NUMPY_DTYPES[target.dtype]
-        channels, height, width = self.row_shape
-        self._stage = np.empty((self.rows_per_run, channels, height, width), dtype=dtype)
+        in_bytes = channels * height * width * np.dtype(dtype).itemsize
+        self.rows_per_run = max(1, stage_bytes // max(1, self.row_bytes, in_bytes))
+        self._stage = np.empty((self.rows_per_run, channels, out_height, out_width), dtype=dtype)
+        # Decoded frames, channels first, waiting for the transform.
+        self._untransformed = (
+            np.empty((self.rows_per_run, channels, height, width), dtype=dtype) if transform else None
+        )
         # Three run buffers: one being filled, one being written, one spare.
         self._free: queue.Queue[np.ndarray] = queue.Queue()
         for _ in range(3):
@@ -169,7 +185,12 @@ class RowSink:
                     run[index] = convert()
                 later.clear()  # the decoded frames are no longer needed
                 stage = self._stage[:count]
-                np.copyto(stage, run[:count].transpose(0, 3, 1, 2))  # one call per run: little GIL time
+                if self.transform is None or self._untransformed is None:
+                    np.copyto(stage, run[:count].transpose(0, 3, 1, 2))  # one call per run: little GIL time
+                else:
+                    frames = self._untransformed[:count]
+                    np.copyto(frames, run[:count].transpose(0, 3, 1, 2))
+                    self.transform.apply(frames, stage)
                 offset = self.target.offset + first * self.row_bytes
                 pwrite_all(self.fd, stage, offset)
                 start_writeback(self.fd, offset, stage.nbytes)

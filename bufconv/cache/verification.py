@@ -172,6 +172,9 @@ def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: Veri
             keys=tuple(built["state_keys"]),
             episodes=parse_episodes(built["episodes"]),
             tolerance_s=built["tolerance_s"],
+            # The cache's own crop and resize: verify asks whether the dataset changed.
+            crop=tuple((key, tuple(crop)) for key, crop in (built.get("crop") or {}).items()),
+            resize=None if built.get("resize") is None else tuple(built["resize"]),
         )
     except (KeyError, TypeError, AttributeError, ValueError, StopIteration) as e:
         report.add(E.INCONSISTENT, f"the header's build options are malformed ({type(e).__name__}: {e})")

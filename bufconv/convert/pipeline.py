@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,8 +32,9 @@ from ..cache.reader import CacheFile, TensorSpec, read_cache
 from ..cache.writer import CacheWriter, remove_stale_temps
 from ..errors import CacheError, DatasetError, StaleCacheError, unwritable_folder
 from ..options import DEFAULT_TOLERANCE_S, BuildOptions
+from ..source.actions import action_facts
 from ..source.dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset
-from .plan import frame_chw, plan_units, worker_processes
+from .plan import plan_units, stored_chw, worker_processes
 from .units import run_here, run_unit
 from .workers import WorkerPool
 
@@ -160,6 +161,8 @@ def build(
     workers: int | None = 1,
     force: bool = False,
     progress: Progress | bool | None = None,
+    crop: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    resize: Sequence[int] | str | None = None,
 ) -> BuildResult:
     """Convert a LeRobot dataset into a cache file, unless `output` is already up to date.
 
@@ -173,6 +176,10 @@ def build(
         workers: Most decoding processes (None: all cores; at most one per two cores is used).
         force: Rebuild even if `output` is up to date.
         progress: True for a progress bar, or a callable receiving frame counts.
+        crop: Per image key, (top, left, height, width) to crop from its frames (LeRobot's
+            `crop_params_dict`; or CLI strings "KEY=TOP,LEFT,HEIGHT,WIDTH").
+        resize: (height, width) every image key is resized to after its crop (LeRobot's
+            `resize_size`): values equal LeRobot's `ImageCropResizeProcessorStep` up to uint8 rounding.
 
     Returns:
         A `BuildResult` (status "built", "rebuilt" or "fresh").
@@ -181,8 +188,9 @@ def build(
         >>> bufconv.build("~/.cache/huggingface/lerobot/me/pick_cube", "offline_buffer.pt", image_range=255)
     """
     options = BuildOptions.create(
-        image_range=image_range, keys=keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers
-    )
+        image_range=image_range, keys=keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
+        crop=crop, resize=resize,
+    )  # fmt: skip
     request = prepare(dataset, options)
     if progress is True:
         with _progress_bar(request) as bar:
@@ -259,7 +267,7 @@ def _write_with(
     frames = int(sum(lengths))
     derived = _transitions(columns, sel, starts, lengths, source, frames)
 
-    specs = [TensorSpec(k, torch.uint8, (frames, *frame_chw(source, k))) for k in sel.image_keys]
+    specs = [TensorSpec(k, torch.uint8, (frames, *stored_chw(source, k, options))) for k in sel.image_keys]
     stored: dict[str, np.ndarray] = {
         k: columns[k] for k in [*sel.numeric_keys, ACTION_KEY, *sel.complementary_keys]
     }
@@ -288,6 +296,9 @@ def _write_with(
             "complementary_info": list(sel.complementary_keys),
         },
         "ranges": {k: {"storage": "uint8", "output": options.image_range} for k in sel.image_keys},
+        "crop": {k: list(c) for k, c in options.crop},
+        "resize": None if options.resize is None else list(options.resize),
+        "actions": action_facts(columns[ACTION_KEY], source.features[ACTION_KEY].names),
         "episodes": [
             {"episode_index": int(e), "start": int(s), "length": int(n)}
             for e, s, n in zip(sel.episodes, starts, lengths, strict=True)

@@ -10,6 +10,7 @@ import numpy as np
 from ..cache.sink import Target
 from ..options import BuildOptions, default_workers
 from ..source.dataset import Selection, SourceDataset
+from ..source.transform import FrameTransform, frame_transform
 from ..source.video import FrameJob
 from .units import ImageUnit, Unit, VideoUnit
 
@@ -53,11 +54,23 @@ def decoder_threads(pixels: int, parallel: bool) -> int:
 
 
 def frame_chw(source: SourceDataset, key: str) -> tuple[int, int, int]:
-    """(channels, height, width) of an image key's frames as stored."""
+    """(channels, height, width) of an image key's frames as decoded."""
     height, width, channels = source.features[key].image_hwc()
     if source.features[key].dtype == "video":
         channels = 3  # decoded as rgb24, as LeRobot's PyAV backend does
     return (channels, height, width)
+
+
+def transform_of(source: SourceDataset, key: str, options: BuildOptions) -> FrameTransform | None:
+    """The crop and resize `options` ask for on `key`'s frames (None: stored as decoded)."""
+    return frame_transform(key, frame_chw(source, key)[1:], options)
+
+
+def stored_chw(source: SourceDataset, key: str, options: BuildOptions) -> tuple[int, int, int]:
+    """(channels, height, width) of an image key's frames as stored: after the crop and resize."""
+    channels, height, width = frame_chw(source, key)
+    transform = transform_of(source, key, options)
+    return (channels, *transform.output_hw) if transform is not None else (channels, height, width)
 
 
 def plan_units(
@@ -85,6 +98,7 @@ def plan_units(
     units: list[Unit] = []
     for key in sel.image_keys:
         destination = target(key)
+        transform = transform_of(source, key, options)
         _, height, width = frame_chw(source, key)
         threads = decoder_threads(height * width, parallel=processes > 0)
         if source.features[key].dtype == "image":
@@ -94,7 +108,12 @@ def plan_units(
             for members in groups.values():
                 units.append(
                     ImageUnit(
-                        key, source, tuple(e for e, _ in members), tuple(s for _, s in members), destination
+                        key,
+                        source,
+                        tuple(e for e, _ in members),
+                        tuple(s for _, s in members),
+                        destination,
+                        transform,
                     )
                 )
             continue
@@ -110,7 +129,15 @@ def plan_units(
             jobs.sort(key=lambda j: float(j.timestamps[0]))
             for chunk in _chunks(jobs, split):
                 units.append(
-                    VideoUnit(key, source.root / rel, tuple(chunk), destination, options.tolerance_s, threads)
+                    VideoUnit(
+                        key,
+                        source.root / rel,
+                        tuple(chunk),
+                        destination,
+                        options.tolerance_s,
+                        threads,
+                        transform,
+                    )
                 )
     units.sort(key=lambda u: -u.frames)
     return units

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..cache.sink import RowSink, Target
 from ..errors import DecodeError
+from ..source.transform import FrameTransform
 from ..source.video import FrameJob, decode_image, decode_video
 
 if TYPE_CHECKING:  # not imported at run time: video workers need no pyarrow (0.1 s of their start)
@@ -33,6 +34,8 @@ class VideoUnit:
     target: Target
     tolerance_s: float
     threads: int = 0
+    transform: FrameTransform | None = None
+    """The build's crop and resize of this camera, applied on the sink's writer thread."""
 
     @property
     def frames(self) -> int:
@@ -52,6 +55,7 @@ class ImageUnit:
     episodes: tuple[int, ...]
     starts: tuple[int, ...]
     target: Target
+    transform: FrameTransform | None = None
 
     @property
     def frames(self) -> int:
@@ -76,7 +80,7 @@ def run_unit(unit: Unit, on_episode: OnEpisode | None = None, sink: RowSink | No
             units, so one unit's writing overlaps the next one's decoding.
     """
     if sink is None:
-        with unit.target.sink() as own:
+        with unit.target.sink(unit.transform) as own:
             return run_unit(unit, on_episode, own)
     if isinstance(unit, VideoUnit):
         return decode_video(
@@ -120,7 +124,7 @@ def run_here(units: Sequence[Unit], on_episode: OnEpisode | None = None) -> dict
     try:
         for unit in sorted(units, key=lambda u: (u.key, u.first_row)):
             if unit.key not in sinks:
-                sinks[unit.key] = unit.target.sink()
+                sinks[unit.key] = unit.target.sink(unit.transform)
             run_unit(unit, on_episode, sinks[unit.key])
         for sink in sinks.values():
             sink.close()

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DatasetError
 from ..options import BuildOptions, format_episodes
+from .transform import check_crops
 
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
 INFO_PATH = "meta/info.json"
@@ -238,6 +239,7 @@ class SourceDataset:
                     raise DatasetError(
                         f"{self.root}: episode {e} has no video for {key!r} in its metadata", path=self.root
                     )
+        check_crops(self, image_keys, options)
         return Selection(
             state_keys=tuple(keys),
             image_keys=image_keys,

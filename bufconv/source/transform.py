@@ -1,0 +1,117 @@
+"""Crop and resize of decoded frames, as LeRobot's `ImageCropResizeProcessorStep` does them.
+
+LeRobot 0.6.1 crops and resizes live camera images in the actor's processor pipeline
+(`torchvision.transforms.functional.crop`, then `resize` to `resize_size`: bilinear,
+antialiased, on float frames in [0,1], then `clamp(0, 1)`), but hands its learner the
+dataset's frames untouched. bufconv applies the same crop and resize to the dataset's frames
+while building, so offline and live images have the same shape and content.
+
+The arithmetic is LeRobot's: the same torch kernel (`interpolate(..., mode="bilinear",
+align_corners=False, antialias=True)`) on float frames. It runs on the uint8 values as floats
+(the kernel is linear, so this is LeRobot's result times 255, up to float rounding) and rounds
+to uint8; the only clamp is uint8's own [0, 255], which stores every range alike. A crop alone
+copies pixels exactly; a resize to the size a frame already has is skipped, as torchvision does.
+torch is imported on first use only: decoding worker processes without a resize never load it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..options import BuildOptions, Crop, format_crop
+
+if TYPE_CHECKING:
+    from .dataset import SourceDataset
+
+_OUTSIDE = (
+    "crop of {key} ({crop}: top, left, height, width) reaches {what} but its frames are {height}x{width} "
+    "(height x width); choose a crop inside the frame (rows 0-{last_row}, columns 0-{last_col})"
+)
+_NOT_AN_IMAGE = "crop given for {key!r}, which is not an image key of this build; image keys: {available}"
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """Crop, then resize, of one camera's frames: uint8 (n, C, H, W) in, uint8 (n, C, h, w) out."""
+
+    source_hw: tuple[int, int]
+    """(height, width) of the decoded frames."""
+    crop: Crop | None = None
+    """(top, left, height, width), inside the frame."""
+    resize: tuple[int, int] | None = None
+    """(height, width) after the crop."""
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        if self.resize is not None:
+            return self.resize
+        if self.crop is not None:
+            return (self.crop[2], self.crop[3])
+        return self.source_hw
+
+    def apply(self, frames: np.ndarray, out: np.ndarray) -> None:
+        """Write the transformed `frames` (uint8 (n, C, H, W)) into `out` (uint8 (n, C, h, w))."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(frames)
+        if self.crop is not None:
+            top, left, height, width = self.crop
+            x = x[:, :, top : top + height, left : left + width]
+        target = torch.from_numpy(out)
+        if self.resize is None or tuple(x.shape[-2:]) == self.resize:
+            target.copy_(x)
+            return
+        resized = F.interpolate(
+            x.float(), size=self.resize, mode="bilinear", align_corners=False, antialias=True
+        )
+        target.copy_(resized.round_().clamp_(0, 255))
+
+
+def frame_transform(key: str, source_hw: tuple[int, int], options: BuildOptions) -> FrameTransform | None:
+    """The transform `options` ask for on image key `key`, or None if its frames are kept as decoded.
+
+    Raises:
+        DatasetError: the crop reaches outside the frame.
+    """
+    crop, resize = options.crop_of(key), options.resize
+    if crop is None and resize is None:
+        return None
+    if crop is not None:
+        height, width = source_hw
+        top, left, h, w = crop
+        if top + h > height or left + w > width:
+            what = f"row {top + h - 1}" if top + h > height else f"column {left + w - 1}"
+            raise DatasetError(
+                _OUTSIDE.format(
+                    key=key, crop=format_crop(crop), what=what, height=height, width=width,
+                    last_row=height - 1, last_col=width - 1,
+                )
+            )  # fmt: skip
+    return FrameTransform(source_hw, crop, resize)
+
+
+def check_crops(source: SourceDataset, image_keys: tuple[str, ...], options: BuildOptions) -> None:
+    """Every crop names an image key of the build and lies inside its frames.
+
+    Raises:
+        DatasetError: naming the key and the frame's size.
+    """
+    for key, _ in options.crop:
+        if key not in image_keys:
+            raise DatasetError(
+                _NOT_AN_IMAGE.format(key=key, available=", ".join(image_keys) or "(none)"),
+                path=source.root / "meta" / "info.json",
+            )
+    for key in image_keys:
+        height, width, _ = source.features[key].image_hwc()
+        try:
+            frame_transform(key, (height, width), options)
+        except DatasetError as e:
+            raise DatasetError(
+                f"{source.root}: {e.message}", path=source.root / "meta" / "info.json"
+            ) from None
