@@ -23,7 +23,9 @@ _EXPORTS = {
     "load_or_build": "bufconv.buffer.loader",
     "open_buffer": "bufconv.buffer.loader",
     "OfflineBuffer": "bufconv.buffer.offline",
-    "BatchTransition": "bufconv.buffer.offline",
+    "OnlineBuffer": "bufconv.buffer.online",
+    "CheckpointResult": "bufconv.buffer.persist",
+    "BatchTransition": "bufconv.buffer.batch",
     "verify": "bufconv.cache.verification",
     "verify_or_raise": "bufconv.cache.verification",
     "VerifyReport": "bufconv.cache.verification",
@@ -50,11 +52,13 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
     "BuildOptions",
     "BuildResult",
     "CacheError",
+    "CheckpointResult",
     "DatasetError",
     "DecodeError",
     "InvalidCacheError",
     "LockTimeoutError",
     "OfflineBuffer",
+    "OnlineBuffer",
     "RangeMismatchError",
     "StaleCacheError",
     "UnsupportedVersionError",
@@ -74,8 +78,11 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
 ]
 
 if TYPE_CHECKING:
+    from .buffer.batch import BatchTransition
     from .buffer.loader import load_or_build, open_buffer
-    from .buffer.offline import BatchTransition, OfflineBuffer
+    from .buffer.offline import OfflineBuffer
+    from .buffer.online import OnlineBuffer
+    from .buffer.persist import CheckpointResult
     from .cache.verification import VerifyReport, verify, verify_or_raise
     from .convert.pipeline import BuildResult, build
     from .errors import (

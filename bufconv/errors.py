@@ -46,6 +46,7 @@ RANGE_MISMATCH = "range-mismatch"
 DOUBLE_NORMALIZED = "double-normalized"
 STALE = "stale"
 DIFFERENT_DATASET = "different-dataset"  # verify --dataset names another dataset than the source
+UNCOMMITTED = "uncommitted"  # an online buffer's segment no checkpoint committed (SPEC section 11)
 
 
 @dataclass(frozen=True)

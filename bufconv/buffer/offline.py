@@ -7,62 +7,34 @@ to the declared range last. Transitions are rows of the cache: `next_state` is t
 `next_index[i]` (the next frame of the same episode, or the frame itself at the end).
 
 Live transitions (the LeRobot learner adds human interventions to its offline buffer) go into
-a bounded ring next to the read-only dataset part, range-checked and stored as uint8.
+a bounded `TransitionStore` next to the read-only dataset part, range-checked and stored as
+uint8; with `added_path`, they are checkpointed into that folder like the online buffer's.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..cache.reader import CacheFile
 from ..errors import BufconvError
-from ..ranges import check_range, from_uint8, to_uint8
-from .drq import draw_shifts, random_shift
-from .prefetch import prefetched
-from .recycle import OutputPool
+from ..ranges import check_range, to_uint8
+from .batch import Batcher, BatchTransition, as_row, random_generator, take_rows
+from .persist import CheckpointResult, Folder
+from .prefetch import batches
+from .store import Column, Schema, TransitionStore
 
-if sys.version_info >= (3, 11):
-    from typing import NotRequired, TypedDict
-else:  # pragma: no cover - Python 3.10
-    from typing_extensions import NotRequired, TypedDict
+log = logging.getLogger("bufconv")
 
 DEFAULT_CAPACITY = 100_000  # LeRobot's default offline_buffer_capacity
 _COMPLEMENTARY = "complementary_info."
-
-
-class BatchTransition(TypedDict):
-    """A batch in the layout LeRobot's learner consumes (`lerobot.rl.buffer.BatchTransition`)."""
-
-    state: dict[str, torch.Tensor]
-    action: torch.Tensor
-    reward: torch.Tensor
-    next_state: dict[str, torch.Tensor]
-    done: torch.Tensor
-    truncated: torch.Tensor
-    complementary_info: NotRequired[dict[str, torch.Tensor] | None]
-
-
-class _Ring:
-    """Live transitions, bounded: the oldest is overwritten once `capacity` is reached."""
-
-    def __init__(self, capacity: int, device: torch.device) -> None:
-        self.capacity = capacity
-        self.device = device
-        self.size = 0
-        self.position = 0
-        self.tensors: dict[str, torch.Tensor] = {}
-
-    def allocate(self, name: str, row: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if name not in self.tensors:
-            self.tensors[name] = torch.empty((self.capacity, *row.shape), dtype=dtype, device=self.device)
-        return self.tensors[name]
 
 
 class OfflineBuffer:
@@ -81,6 +53,8 @@ class OfflineBuffer:
         status, stale_reasons: What `load_or_build` did, for the caller to see.
         recycle_outputs: On a CPU device, build float batches in memory recycled from batches
             the caller has dropped (5x cheaper than fresh pages; a batch still held is never reused).
+        added_path: A folder where `checkpoint()` keeps the added transitions (resumed from it
+            if it holds some); None keeps them in memory only.
 
     Attributes:
         status: "hit" (fresh cache used), "built" or "rebuilt"; "opened" from `open_buffer`.
@@ -88,6 +62,7 @@ class OfflineBuffer:
         image_range: 1 or 255: the range image batches come out in.
         state_keys: Keys of `state`/`next_state`.
         image_keys: The image subset of `state_keys`.
+        lost: Added transitions dropped when resuming from `added_path` (see `OnlineBuffer.lost`).
     """
 
     def __init__(
@@ -103,6 +78,7 @@ class OfflineBuffer:
         status: str = "hit",
         stale_reasons: Sequence[str] = (),
         recycle_outputs: bool = True,
+        added_path: str | os.PathLike[str] | None = None,
     ) -> None:
         meta = cache.meta
         self.path: Path = cache.path
@@ -113,7 +89,7 @@ class OfflineBuffer:
         self.storage_device = torch.device(storage_device)
         self.use_drq = use_drq
         self.image_augmentation_function = image_augmentation_function
-        self.generator = generator if generator is not None else _random_generator()
+        self.generator = generator if generator is not None else random_generator()
         self.state_keys: list[str] = list(meta["keys"]["state"])
         self.image_keys: list[str] = list(meta["keys"]["images"])
         ranges = {k: v["output"] for k, v in meta["ranges"].items()}
@@ -127,26 +103,69 @@ class OfflineBuffer:
             k[len(_COMPLEMENTARY) :]: k for k in meta["keys"].get("complementary_info", [])
         }
         tensors = cache.tensors
-        self._frames = {k: self._stored(tensors[k]) for k in self.state_keys}
-        self._action = self._stored(tensors["action"])
-        self._reward = self._stored(tensors["reward"])
-        self._done = self._stored(tensors["done"])
-        self._truncated = self._stored(tensors["truncated"])
+        self._columns = {f"state/{k}": self._stored(tensors[k]) for k in self.state_keys}
+        for name in ("action", "reward", "done", "truncated"):
+            self._columns[name] = self._stored(tensors[name])
+        for short, name in self._complementary.items():
+            self._columns[f"complementary_info/{short}"] = self._stored(tensors[name])
         self._next_index = self._stored(tensors["next_index"])
-        self._extra = {short: self._stored(tensors[name]) for short, name in self._complementary.items()}
         self._frames_n = int(meta["frames"])
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1; got {capacity}")
-        self._ring = _Ring(capacity, self.storage_device)
         self._lock = threading.Lock()
-        # CPU learners: float batches over recycled memory (state and next_state of every
-        # camera, for the batch in use and two prefetched ones).
-        self._pool = (
-            OutputPool(keep=6 * len(self.ranges)) if self.device.type == "cpu" and recycle_outputs else None
+        self._batcher = Batcher(
+            self.state_keys,
+            list(ranges),
+            self.image_range,
+            self.device,
+            image_augmentation_function,
+            recycle_outputs,
         )
+        self._store = TransitionStore(capacity, self._added_schema(), self.storage_device)
+        self.lost = 0
+        self.folder: Folder | None = None
+        if added_path is not None:
+            self._open_added(added_path)
 
     def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.storage_device.type == "cpu" else tensor.to(self.storage_device)
+
+    def _added_schema(self) -> Schema:
+        """Added transitions are stored like the dataset's rows: images uint8, the rest float32."""
+
+        def column(name: str, dtype: str | None = None) -> Column:
+            tensor = self._columns[name]
+            return Column(
+                dtype or ("uint8" if tensor.dtype == torch.uint8 else "float32"), tuple(tensor.shape[1:])
+            )
+
+        frames = {k: column(f"state/{k}") for k in self.state_keys}
+        transitions = {name: column(name) for name in self._columns if not name.startswith("state/")}
+        transitions["done"] = column("done", "bool")
+        transitions["truncated"] = column("truncated", "bool")
+        return Schema(frames, transitions)
+
+    def _open_added(self, added_path: str | os.PathLike[str]) -> None:
+        self.folder = Folder(added_path, "offline-added")
+        weakref.finalize(self, self.folder.close)
+        if not self.folder.exists:
+            self.folder.start(self._store, capacity=self.capacity, image_range=self.image_range,
+                              state_keys=self.state_keys, image_keys=self.image_keys)  # fmt: skip
+            return
+        store, self.lost, warnings = self.folder.resume(self.capacity, self.storage_device)
+        for warning in warnings:
+            log.warning("resuming %s: %s", self.folder.path, warning)
+        saved = self.folder.manifest or {}
+        if store is not None and (
+            store.schema != self._store.schema or saved.get("image_range") != self.image_range
+        ):
+            self.folder.close()
+            raise BufconvError(
+                f"{self.folder.path}: its added transitions do not fit this cache (other keys, shapes or range); "
+                "move the folder away, or open the cache they were added to"
+            )
+        if store is not None:
+            self._store = store
 
     def __repr__(self) -> str:
         return (
@@ -157,7 +176,7 @@ class OfflineBuffer:
     # ---- size ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self._frames_n + self._ring.size
+        return self._frames_n + len(self._store)
 
     @property
     def dataset_transitions(self) -> int:
@@ -167,7 +186,7 @@ class OfflineBuffer:
     @property
     def capacity(self) -> int:
         """How many live transitions `add` keeps before overwriting the oldest."""
-        return self._ring.capacity
+        return self._store.capacity
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -221,16 +240,9 @@ class OfflineBuffer:
         from the buffer's generator, so the sequence is the same for the same seed however the
         threads are scheduled.
         """
-        if not async_prefetch:
-            while True:
-                yield self.sample(batch_size, image_dtype=image_dtype)
-        base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-
-        def make(k: int) -> BatchTransition:
-            generator = torch.Generator().manual_seed(base + k)
-            return self.sample(batch_size, image_dtype=image_dtype, generator=generator)
-
-        yield from prefetched(make, ahead=queue_size + max(1, threads), threads=max(1, threads))
+        return batches(
+            self.sample, self.generator, batch_size, async_prefetch, queue_size, image_dtype, threads
+        )
 
     def _batch(
         self,
@@ -240,99 +252,37 @@ class OfflineBuffer:
         image_dtype: torch.dtype,
         generator: torch.Generator | None = None,
     ) -> BatchTransition:
-        generator = generator or self.generator
-        with self._lock:  # only the gathers: `add` may write the ring from another thread
+        with self._lock:  # only the gathers: `add` may write the store from another thread
             rows = self._gather(index)
-        if augment and self.image_augmentation_function is None:
-            shifts = {
-                key: (
-                    draw_shifts(len(index), generator, self.device),
-                    draw_shifts(len(index), generator, self.device),
-                )
-                for key in self.ranges
-            }
-        state: dict[str, torch.Tensor] = {}
-        next_state: dict[str, torch.Tensor] = {}
-        for key in self._frames:
-            current = rows[f"state/{key}"].to(self.device, non_blocking=True)
-            following = rows[f"next_state/{key}"].to(self.device, non_blocking=True)
-            if key in self.ranges:  # uint8 until here; shifted on uint8, converted last, on the device
-                if augment and self.image_augmentation_function is None:
-                    current = random_shift(current, shifts[key][0], empty=self._empty(current))
-                    following = random_shift(following, shifts[key][1], empty=self._empty(following))
-                current = from_uint8(
-                    current, self.image_range, image_dtype, out=self._output(current, image_dtype)
-                )
-                following = from_uint8(
-                    following, self.image_range, image_dtype, out=self._output(following, image_dtype)
-                )
-                if augment and self.image_augmentation_function is not None:
-                    current = self.image_augmentation_function(current)
-                    following = self.image_augmentation_function(following)
-            else:
-                current, following = current.to(torch.float32), following.to(torch.float32)
-            state[key], next_state[key] = current, following
-
-        def column(name: str) -> torch.Tensor:
-            return rows[name].to(self.device, dtype=torch.float32, non_blocking=True)
-
-        return BatchTransition(
-            state=state,
-            action=column("action"),
-            reward=column("reward"),
-            next_state=next_state,
-            done=column("done"),
-            truncated=column("truncated"),
-            complementary_info=(
-                {short: column(f"complementary_info/{short}") for short in self._extra}
-                if self._extra
-                else None
-            ),
+        return self._batcher(
+            rows,
+            list(self._complementary),
+            augment=augment,
+            image_dtype=image_dtype,
+            generator=generator or self.generator,
         )
-
-    def _output(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """Recycled memory for a CPU float32 image batch (None: let the conversion allocate)."""
-        if self._pool is None or dtype != torch.float32 or images.device.type != "cpu":
-            return None
-        return self._pool.empty(tuple(images.shape))
-
-    def _empty(self, images: torch.Tensor) -> Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None:
-        """The allocator for DrQ's uint8 intermediates on the CPU (recycled), or None (torch's)."""
-        return self._pool.empty if self._pool is not None and images.device.type == "cpu" else None
 
     def _gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The raw rows of every column for `index`: dataset rows, and ring rows for added transitions."""
+        """The raw rows of every column for `index`: dataset rows, and added rows after them."""
         n = self._frames_n
-        from_ring = index >= n
-        any_ring = bool(from_ring.any())
-        data_rows = (index[~from_ring] if any_ring else index).to(self.storage_device)
-        next_rows = _rows(self._next_index, data_rows)
-        ring = self._ring
-        # Added transitions are numbered oldest first, as LeRobot numbers its ring.
-        ring_rows = ((index[from_ring] - n + ring.position - ring.size) % ring.capacity).to(
-            self.storage_device
-        )
-
-        def pick(dataset: torch.Tensor, ring_name: str, rows: torch.Tensor) -> torch.Tensor:
-            part = _rows(dataset, rows, self._pool)
-            if any_ring:
-                extra = _rows(ring.tensors[ring_name], ring_rows)
-                part = _merge(part, extra.to(part.dtype), from_ring)
-            return part
-
+        from_store = index >= n
+        any_added = bool(from_store.any())
+        data_rows = (index[~from_store] if any_added else index).to(self.storage_device)
+        next_rows = take_rows(self._next_index, data_rows)
+        added = self._store.gather(index[from_store] - n) if any_added else {}
+        pool = self._batcher.pool
         out = {}
-        for key, frames in self._frames.items():
-            out[f"state/{key}"] = pick(frames, f"state/{key}", data_rows)
-            out[f"next_state/{key}"] = pick(frames, f"next_state/{key}", next_rows)
-        for name, column in (
-            ("action", self._action),
-            ("reward", self._reward),
-            ("done", self._done),
-            ("truncated", self._truncated),
-        ):
-            out[name] = pick(column, name, data_rows)
-        for short, column in self._extra.items():
-            out[f"complementary_info/{short}"] = pick(column, f"complementary_info/{short}", data_rows)
+        for name, column in self._columns.items():
+            part = take_rows(column, data_rows, pool)
+            if name.startswith("state/"):
+                key = name[len("state/") :]
+                following = take_rows(column, next_rows, pool)
+                if any_added:
+                    following = _merge(following, added[f"next_state/{key}"].to(column.dtype), from_store)
+                out[f"next_state/{key}"] = following
+            if any_added:
+                part = _merge(part, added[name].to(column.dtype), from_store)
+            out[name] = part
         return out
 
     # ---- writing ------------------------------------------------------------------------------
@@ -342,7 +292,7 @@ class OfflineBuffer:
         state: Mapping[str, torch.Tensor],
         action: torch.Tensor,
         reward: float | torch.Tensor,
-        next_state: Mapping[str, torch.Tensor],
+        next_state: Mapping[str, torch.Tensor] | None,
         done: bool | torch.Tensor,
         truncated: bool | torch.Tensor,
         complementary_info: Mapping[str, Any] | None = None,
@@ -350,44 +300,69 @@ class OfflineBuffer:
         """Add one live transition (LeRobot's `ReplayBuffer.add` signature).
 
         Images may be float in the buffer's declared range or uint8; they are range-checked
-        and stored as uint8. The dataset part is never modified; added transitions live in a
-        ring of `capacity` and the oldest is overwritten first.
+        and stored as uint8. The dataset part is never modified; added transitions are kept
+        up to `capacity` and the oldest is overwritten first.
 
         Raises:
             RangeMismatchError: an image is not in the buffer's range.
             KeyError: a state key of the buffer is missing.
         """
-        rows: dict[str, torch.Tensor] = {}
+        schema = self._store.schema
+        frames: dict[str, dict[str, torch.Tensor] | None] = {}
         for prefix, observation in (("state", state), ("next_state", next_state)):
+            if observation is None:
+                frames[prefix] = None
+                continue
+            rows: dict[str, torch.Tensor] = {}
             for key in self.state_keys:
                 if key not in observation:
                     raise KeyError(f"{prefix} lacks {key!r}; the buffer's state keys are {self.state_keys}")
-                value = _row(observation[key], self._frames[key], f"{prefix}[{key!r}]")
+                value = as_row(observation[key], schema.frames[key].shape, f"{prefix}[{key!r}]")
                 if key in self.ranges:
                     if value.dtype != torch.uint8:
                         check_range(value, self.image_range, name=f"{prefix}[{key!r}]")
                     value = to_uint8(value, self.image_range)
-                rows[f"{prefix}/{key}"] = value
-        rows["action"] = _row(action, self._action, "action")
-        rows["reward"] = torch.as_tensor(float(reward))
-        rows["done"] = torch.as_tensor(bool(done))
-        rows["truncated"] = torch.as_tensor(bool(truncated))
+                else:
+                    value = value.to(torch.float32)
+                rows[key] = value
+            frames[prefix] = rows
+        columns = {
+            "action": as_row(action, schema.transitions["action"].shape, "action").to(torch.float32),
+            "reward": torch.as_tensor(float(reward), dtype=torch.float32),
+            "done": torch.as_tensor(bool(done)),
+            "truncated": torch.as_tensor(bool(truncated)),
+        }
         info = complementary_info or {}
-        for short, dataset in self._extra.items():
-            rows[f"complementary_info/{short}"] = _row(
-                info.get(short, 0.0), dataset, f"complementary_info[{short!r}]"
+        for short in self._complementary:
+            column = schema.transitions[f"complementary_info/{short}"]
+            columns[f"complementary_info/{short}"] = as_row(
+                info.get(short, 0.0), column.shape, f"complementary_info[{short!r}]"
             ).to(torch.float32)
+        state_rows = frames["state"]
+        assert state_rows is not None
         with self._lock:
-            ring = self._ring
-            for name, value in rows.items():
-                dtype = (
-                    torch.uint8
-                    if value.dtype == torch.uint8
-                    else (torch.bool if name in ("done", "truncated") else torch.float32)
-                )
-                ring.allocate(name, value, dtype)[ring.position].copy_(value.to(ring.device))
-            ring.position = (ring.position + 1) % ring.capacity
-            ring.size = min(ring.size + 1, ring.capacity)
+            self._store.add(
+                state_rows, frames["next_state"], columns, ends_episode=bool(done) or bool(truncated)
+            )
+
+    def checkpoint(self) -> CheckpointResult:
+        """Commit the transitions added since the last checkpoint to `added_path` (the dataset part
+        is the cache: never rewritten). See `OnlineBuffer.checkpoint`.
+
+        Raises:
+            BufconvError: the buffer was opened without `added_path`.
+        """
+        if self.folder is None:
+            raise BufconvError(
+                "this OfflineBuffer has no added_path to checkpoint its added transitions into"
+            )
+        with self._lock:
+            return self.folder.checkpoint(self._store)
+
+    def close(self) -> None:
+        """Release `added_path` (its lock). Idempotent."""
+        if self.folder is not None:
+            self.folder.close()
 
     def to_lerobot_dataset(
         self,
@@ -402,43 +377,9 @@ class OfflineBuffer:
         return buffer_to_lerobot_dataset(self, repo_id=repo_id, fps=fps, root=root, task_name=task_name)
 
 
-def _row(value: Any, column: torch.Tensor, name: str) -> torch.Tensor:
-    """One row shaped like the rows of `column`: leading size-1 dimensions (LeRobot's batch of
-    one) are dropped; any other difference is an error (never a reshape that scrambles pixels)."""
-    tensor = torch.as_tensor(value).detach().cpu()
-    expected = tuple(column.shape[1:])
-    while tensor.ndim > len(expected) and tensor.shape[0] == 1:
-        tensor = tensor[0]
-    if tuple(tensor.shape) != expected:
-        raise ValueError(f"{name} has shape {tuple(tensor.shape)}; the buffer holds rows of shape {expected}")
-    return tensor
-
-
-def _rows(tensor: torch.Tensor, rows: torch.Tensor, pool: OutputPool | None = None) -> torch.Tensor:
-    """`tensor[rows]` (rows along the first dimension); uint8 rows into recycled memory if `pool`.
-
-    On the CPU, numpy's take: whole-row copies without the GIL, 0.9 ms for 256 rows of
-    3x128x128 uint8, where torch's index_select takes 1.3 ms on the main thread and 18 ms on
-    any other (the prefetching thread; torch 2.11 with OpenMP), and advanced indexing 3.4 ms.
-    """
-    if tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
-        return tensor.index_select(0, rows)
-    if pool is not None and tensor.dtype == torch.uint8:
-        out = pool.empty((len(rows), *tensor.shape[1:]), torch.uint8)
-        np.take(tensor.numpy(), rows.numpy(), axis=0, out=out.numpy(), mode="clip")  # rows are valid
-        return out
-    return torch.from_numpy(np.take(tensor.numpy(), rows.numpy(), axis=0))
-
-
-def _merge(data_part: torch.Tensor, ring_part: torch.Tensor, from_ring: torch.Tensor) -> torch.Tensor:
-    out = torch.empty((len(from_ring), *data_part.shape[1:]), dtype=data_part.dtype, device=data_part.device)
-    mask = from_ring.to(data_part.device)
+def _merge(data_part: torch.Tensor, added_part: torch.Tensor, from_added: torch.Tensor) -> torch.Tensor:
+    out = torch.empty((len(from_added), *data_part.shape[1:]), dtype=data_part.dtype, device=data_part.device)
+    mask = from_added.to(data_part.device)
     out[~mask] = data_part
-    out[mask] = ring_part
+    out[mask] = added_part.to(data_part.device)
     return out
-
-
-def _random_generator() -> torch.Generator:
-    generator = torch.Generator()
-    generator.seed()  # fresh entropy; pass a seeded generator for reproducible batches
-    return generator

@@ -8,6 +8,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 
@@ -107,3 +109,31 @@ def prefetched(make: Callable[[int], T], ahead: int, threads: int) -> Iterator[T
         _running.discard(state)
         for worker in workers:
             worker.join(timeout=5)
+
+
+def batches(
+    sample: Callable[..., T],
+    generator: torch.Generator,
+    batch_size: int,
+    async_prefetch: bool,
+    queue_size: int,
+    image_dtype: torch.dtype,
+    threads: int,
+) -> Iterator[T]:
+    """A buffer's endless `get_iterator` (LeRobot's signature) over its `sample`.
+
+    With `async_prefetch`, `threads` background threads sample ahead of the learner, at most
+    `queue_size` batches beyond those being made (more threads help only when cores are idle
+    while the learner updates, e.g. a GPU learner whose batches stay on the CPU). Batches come
+    out in a fixed order, and batch k is drawn from its own generator seeded from the buffer's
+    generator, so the sequence is the same for the same seed however the threads are scheduled.
+    """
+    if not async_prefetch:
+        while True:
+            yield sample(batch_size, image_dtype=image_dtype)
+    base = int(torch.randint(0, 2**62, (1,), generator=generator))
+
+    def make(k: int) -> T:
+        return sample(batch_size, image_dtype=image_dtype, generator=torch.Generator().manual_seed(base + k))
+
+    yield from prefetched(make, ahead=queue_size + max(1, threads), threads=max(1, threads))

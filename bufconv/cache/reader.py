@@ -129,19 +129,17 @@ def _first_line(text: str) -> str:
     return "" if "weights_only" in line else line
 
 
-def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> CacheFile:
-    """Open a cache, checking it from cheap to expensive.
+def open_archive(
+    path: Path, *, format: str = FORMAT, format_version: int = FORMAT_VERSION
+) -> tuple[dict[str, Any], Layout]:
+    """The top-level object and zip layout of a file bufconv wrote, after the cheap checks.
 
-    Args:
-        path: The `.pt` file.
-        verify_payload: Also recompute every tensor checksum (reads all bytes; xxh3 runs at
-            several GB/s, so this is well under a second for typical caches).
+    Checks, cheap to expensive: a file, a zip as torch.save writes it, bufconv's integrity
+    record over the header and structure, safe loading, the `format` and its version.
 
     Raises:
-        InvalidCacheError: with one problem whose code says what is wrong (`unreadable`,
-            `not-a-cache`, `unsupported-version`, `checksum-mismatch`, `inconsistent`).
+        InvalidCacheError: `unreadable`, `not-a-cache`, `checksum-mismatch` or `unsupported-version`.
     """
-    path = Path(path)
     if not path.is_file():
         raise _invalid(path, E.UNREADABLE, "no such file")
     try:
@@ -170,14 +168,31 @@ def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> 
             "the header or archive structure is damaged (integrity digest mismatch)",
         )
     top = safe_load(path, mmap=True)
-    if not isinstance(top, dict) or top.get("format") != FORMAT:
-        raise _invalid(path, E.NOT_A_CACHE, f"the top-level object is not a {FORMAT}")
-    if top.get("format_version") != FORMAT_VERSION:
+    if not isinstance(top, dict) or top.get("format") != format:
+        raise _invalid(path, E.NOT_A_CACHE, f"the top-level object is not a {format}")
+    if top.get("format_version") != format_version:
         raise _invalid(
             path,
             E.UNSUPPORTED_VERSION,
-            f"format version {top.get('format_version')!r}; this bufconv reads version {FORMAT_VERSION}: rebuild the cache",
+            f"format version {top.get('format_version')!r}; this bufconv reads version {format_version}: rebuild the cache",
         )
+    return top, layout
+
+
+def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> CacheFile:
+    """Open a cache, checking it from cheap to expensive.
+
+    Args:
+        path: The `.pt` file.
+        verify_payload: Also recompute every tensor checksum (reads all bytes; xxh3 runs at
+            several GB/s, so this is well under a second for typical caches).
+
+    Raises:
+        InvalidCacheError: with one problem whose code says what is wrong (`unreadable`,
+            `not-a-cache`, `unsupported-version`, `checksum-mismatch`, `inconsistent`).
+    """
+    path = Path(path)
+    top, layout = open_archive(path)
     cache = CacheFile(path, top.get("meta"), top.get("tensors"), layout)  # type: ignore[arg-type]
     try:
         problem = check_consistency(cache)

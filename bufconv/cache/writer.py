@@ -54,10 +54,14 @@ class CacheWriter:
     Args:
         final: Where the finished cache goes (replaced atomically on `commit`).
         specs: The tensors, in the order they are stored.
+        format: The top-level `format` string (an online buffer's segments use this writer too).
     """
 
-    def __init__(self, final: Path, specs: Sequence[TensorSpec], *, preallocate: bool = True) -> None:
+    def __init__(
+        self, final: Path, specs: Sequence[TensorSpec], *, preallocate: bool = True, format: str = FORMAT
+    ) -> None:
         self.final = final
+        self.format = format
         self.specs = {s.name: s for s in specs}
         self.tmp = temp_path_for(final)
         self._fd: int | None = None
@@ -168,7 +172,7 @@ class CacheWriter:
                 name: tensor_ref(str(i), spec.dtype, spec.shape)
                 for i, (name, spec) in enumerate(self.specs.items())
             }
-            top = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "tensors": refs}
+            top = {"format": self.format, "format_version": FORMAT_VERSION, "meta": meta, "tensors": refs}
             self.archive.add("data.pkl", pickle_tree(top))
             self.archive.add(".format_version", b"1")
             self.archive.add(".storage_alignment", b"64")
@@ -196,7 +200,7 @@ class CacheWriter:
                 old = os.open(self.final, os.O_RDONLY)
         try:
             os.replace(self.tmp, self.final)
-            _fsync_dir(self.final.parent)
+            fsync_dir(self.final.parent)
         except OSError as e:
             if old is not None:
                 os.close(old)
@@ -230,7 +234,7 @@ def _reserve_space(fd: int, size: int, preallocate: bool) -> None:
     os.ftruncate(fd, size)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened/fsynced
         fd = os.open(folder, os.O_RDONLY)
         try:

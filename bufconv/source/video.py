@@ -111,7 +111,9 @@ class _Frames:
 class FrameSink(Protocol):
     """Where decoded frames go (the build's `RowSink`): rows of uint8 (C, H, W)."""
 
-    row_shape: tuple[int, ...]
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of a stored row."""
 
     def put(self, row: int, frame: np.ndarray | Callable[[], np.ndarray]) -> None:
         """Frame `row`: a uint8 (H, W, C) array, or a callable returning one (called later, elsewhere)."""

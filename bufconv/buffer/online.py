@@ -1,0 +1,349 @@
+"""The online buffer: LeRobot's `ReplayBuffer` for live transitions, uint8, range-checked, checkpointed.
+
+    online = bufconv.OnlineBuffer(capacity=100_000, image_range=1, path="outputs/online_buffer")
+    online.add(state, action, reward, next_state, done, truncated, complementary_info)
+    batch = online.sample(256)
+    online.checkpoint()          # writes only what was added since the last one
+
+Images are stored once, as uint8, with a declared range (SPEC section 11); `next_state` is a
+link to the next frame when it is one (`store.py`). With a `path`, the buffer lives in that
+folder too: `checkpoint()` appends a segment and replaces the manifest atomically, and a new
+`OnlineBuffer` on the same folder resumes what the last checkpoint committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BufconvError, CacheError
+from ..options import validate_range
+from ..ranges import check_range, to_uint8
+from .batch import Batcher, BatchTransition, as_row, random_generator
+from .persist import CheckpointResult, Folder
+from .prefetch import batches
+from .store import Schema, TransitionStore, schema_for
+
+log = logging.getLogger("bufconv")
+
+DEFAULT_ONLINE_CAPACITY = 100_000  # LeRobot's default online_buffer_capacity
+IMAGE_PREFIX = "observation.image"  # LeRobot's OBS_IMAGE: keys of images (DrQ-shifted, stored uint8)
+_EMPTY = "Cannot sample from an empty buffer. Add transitions first."  # LeRobot's message
+
+
+class OnlineBuffer:
+    """Live transitions for the learner, as LeRobot's `ReplayBuffer` holds them, in a quarter of the bytes.
+
+    Args:
+        capacity: Transitions kept; past it the oldest goes first (LeRobot's `online_buffer_capacity`).
+        image_range: 1 or 255: the range images are added in and sampled in.
+        path: A folder to checkpoint into and resume from (None: memory only).
+        state_keys: Keys of `state`/`next_state` to keep (default: those of the first transition).
+        device: Where batches are delivered; images are converted to float there.
+        storage_device: Where transitions are stored.
+        use_drq: Random-shift augmentation in `sample` (pad 4, as LeRobot).
+        image_augmentation_function: Replaces the built-in DrQ shift (applied to float images).
+        generator: Randomness for sampling (default: freshly seeded).
+        resume: With a `path` that holds a buffer: resume it (True), or refuse to start over it (False).
+        recycle_outputs: CPU batches over recycled memory (see `Batcher`).
+
+    Attributes:
+        status: "new" or "resumed".
+        lost: Transitions dropped on resume: added after the last checkpoint and half-written
+            when the process died, or in a damaged segment (0 after a clean resume).
+        warnings: What resuming found wrong (also logged).
+
+    Raises:
+        ValueError: capacity < 1 (LeRobot's message), or an image range other than 1 or 255.
+        CacheError: the folder is unusable, in use by another process, or holds another buffer.
+    """
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_ONLINE_CAPACITY,
+        image_range: int = 1,
+        path: str | os.PathLike[str] | None = None,
+        state_keys: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+        storage_device: str | torch.device = "cpu",
+        use_drq: bool = True,
+        *,
+        image_augmentation_function: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        resume: bool = True,
+        recycle_outputs: bool = True,
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError("Capacity must be greater than 0.")
+        self._capacity = int(capacity)
+        self.image_range = validate_range(image_range)
+        self.device = torch.device(device)
+        self.storage_device = torch.device(storage_device)
+        self.use_drq = use_drq
+        self.image_augmentation_function = image_augmentation_function
+        self.recycle_outputs = recycle_outputs
+        self.generator = generator if generator is not None else random_generator()
+        self.state_keys: list[str] = list(state_keys) if state_keys is not None else []
+        self._explicit_keys = state_keys is not None
+        self._store: TransitionStore | None = None
+        self._batcher: Batcher | None = None
+        self._lock = threading.Lock()
+        self.status = "new"
+        self.lost = 0
+        self.warnings: list[str] = []
+        self.folder: Folder | None = None
+        if path is not None:
+            self.folder = Folder(path, "online")
+            weakref.finalize(self, self.folder.close)
+            if self.folder.exists:
+                if not resume:
+                    self.folder.close()
+                    raise CacheError(
+                        f"{self.folder.path}: already holds an online buffer; resume it (resume=True) or choose another folder",
+                        path=self.folder.path,
+                    )
+                self._resume()
+            else:
+                self.folder.start(None, capacity=self._capacity, image_range=self.image_range,
+                                  state_keys=self.state_keys, image_keys=[])  # fmt: skip
+
+    def _resume(self) -> None:
+        assert self.folder is not None
+        store, self.lost, self.warnings = self.folder.resume(self._capacity, self.storage_device)
+        manifest = self.folder.manifest or {}
+        if int(manifest.get("image_range", self.image_range)) != self.image_range:
+            self.folder.close()
+            raise CacheError(
+                f"{self.folder.path}: holds images in range {manifest['image_range']}, not {self.image_range}; "
+                f"open it with image_range={manifest['image_range']}, or choose another folder",
+                path=self.folder.path,
+            )
+        saved_keys = list(manifest.get("keys", {}).get("state", []))
+        if self._explicit_keys and saved_keys and saved_keys != self.state_keys:
+            self.folder.close()
+            raise CacheError(
+                f"{self.folder.path}: holds state keys {saved_keys}, not {self.state_keys}; choose another folder",
+                path=self.folder.path,
+            )
+        if saved_keys:
+            self.state_keys = saved_keys
+        for warning in self.warnings:
+            log.warning("resuming %s: %s", self.folder.path, warning)
+        if store is not None:
+            self._use(store)
+        self.status = "resumed"
+
+    def _use(self, store: TransitionStore) -> None:
+        self._store = store
+        self._batcher = Batcher(
+            self.state_keys,
+            [k for k in self.state_keys if store.schema.frames[k].dtype == "uint8"],
+            self.image_range,
+            self.device,
+            self.image_augmentation_function,
+            self.recycle_outputs,
+        )
+
+    def __repr__(self) -> str:
+        where = f", path={str(self.folder.path)!r}" if self.folder else ""
+        return f"OnlineBuffer(transitions={len(self)}, capacity={self.capacity}, image_range={self.image_range}{where})"
+
+    # ---- size ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._store) if self._store is not None else 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def image_keys(self) -> list[str]:
+        return list(self._batcher.image_keys) if self._batcher is not None else []
+
+    @property
+    def path(self) -> Path | None:
+        return self.folder.path if self.folder is not None else None
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        state: Mapping[str, torch.Tensor],
+        action: torch.Tensor,
+        reward: float | torch.Tensor,
+        next_state: Mapping[str, torch.Tensor] | None,
+        done: bool | torch.Tensor,
+        truncated: bool | torch.Tensor,
+        complementary_info: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add one transition (LeRobot's `ReplayBuffer.add`; a leading batch dimension of 1 is dropped).
+
+        Images (keys starting with "observation.image") may be float in the declared range or
+        uint8; they are range-checked and stored as uint8. `next_state=None` (LeRobot's
+        `optimize_memory` callers) means the next transition's state, or the state itself when
+        the transition ends an episode.
+
+        Raises:
+            RangeMismatchError: an image is not in the declared range (the buffer is unchanged).
+            KeyError: a state key of the buffer is missing.
+            ValueError: a row's shape differs from the buffer's.
+        """
+        with self._lock:
+            schema = (
+                self._store.schema
+                if self._store is not None
+                else self._schema_from(state, action, complementary_info)
+            )
+            end = bool(done) or bool(truncated)
+            rows = self._frame_row(state, schema, "state")
+            next_rows = self._frame_row(next_state, schema, "next_state") if next_state is not None else None
+            columns = {
+                "action": as_row(action, schema.transitions["action"].shape, "action").to(torch.float32),
+                "reward": torch.as_tensor(float(reward), dtype=torch.float32),
+                "done": torch.as_tensor(bool(done)),
+                "truncated": torch.as_tensor(bool(truncated)),
+            }
+            info = complementary_info or {}
+            for short in schema.complementary:
+                column = schema.transitions[f"complementary_info/{short}"]
+                columns[f"complementary_info/{short}"] = as_row(
+                    info.get(short, 0.0), column.shape, f"complementary_info[{short!r}]"
+                ).to(torch.float32)
+            if self._store is None:
+                self._use(TransitionStore(self._capacity, schema, self.storage_device))
+                if self.folder is not None and self.folder.manifest is not None:
+                    self.folder.manifest["keys"] = {"state": self.state_keys, "images": self.image_keys}
+            assert self._store is not None
+            self._store.add(rows, next_rows, columns, ends_episode=end)
+
+    def _schema_from(
+        self, state: Mapping[str, torch.Tensor], action: torch.Tensor, info: Mapping[str, Any] | None
+    ) -> Schema:
+        """The columns, from the first transition (as LeRobot allocates its storage)."""
+        if not self._explicit_keys:
+            self.state_keys = list(state)
+        rows = {}
+        for key in self.state_keys:
+            if key not in state:
+                raise KeyError(f"state lacks {key!r}; the buffer's state keys are {self.state_keys}")
+            rows[key] = _squeezed(torch.as_tensor(state[key]))
+        images = {k for k, v in rows.items() if k.startswith(IMAGE_PREFIX) and v.ndim == 3}
+        complementary = {k: _squeezed(torch.as_tensor(v)) for k, v in (info or {}).items()}
+        return schema_for(rows, _squeezed(torch.as_tensor(action)), images, complementary)
+
+    def _frame_row(
+        self, observation: Mapping[str, torch.Tensor], schema: Schema, prefix: str
+    ) -> dict[str, torch.Tensor]:
+        rows = {}
+        for key in self.state_keys:
+            if key not in observation:
+                raise KeyError(f"{prefix} lacks {key!r}; the buffer's state keys are {self.state_keys}")
+            column = schema.frames[key]
+            value = as_row(observation[key], column.shape, f"{prefix}[{key!r}]")
+            if column.dtype == "uint8":
+                if value.dtype != torch.uint8:
+                    check_range(value, self.image_range, name=f"{prefix}[{key!r}]")
+                value = to_uint8(value, self.image_range)
+            else:
+                value = value.to(torch.float32)
+            rows[key] = value
+        return rows
+
+    def checkpoint(self) -> CheckpointResult:
+        """Commit what was added since the last checkpoint to the buffer's folder.
+
+        Writes one segment with the new frames and transitions (its cost grows with them, not
+        with the buffer) and then replaces the manifest atomically: the checkpoint lands whole,
+        or the previous one stands. Segments the ring has wrapped past are deleted.
+
+        Raises:
+            BufconvError: the buffer has no `path`.
+            CacheError: the folder could not be written (the previous checkpoint stands).
+        """
+        if self.folder is None:
+            raise BufconvError("this OnlineBuffer has no path to checkpoint into; create it with path=FOLDER")
+        with self._lock:
+            return self.folder.checkpoint(self._store)
+
+    def close(self) -> None:
+        """Release the folder (its lock); the buffer stays usable in memory. Idempotent."""
+        if self.folder is not None:
+            self.folder.close()
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def __getitem__(self, idx: int | slice | Sequence[int] | torch.Tensor) -> BatchTransition:
+        """Transitions at `idx` (0 = the oldest kept, as LeRobot numbers its ring), without augmentation."""
+        n = len(self)
+        if isinstance(idx, slice):
+            index = torch.arange(n)[idx]
+        else:
+            index = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
+            index = torch.where(index < 0, index + n, index)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise IndexError(f"index out of range for a buffer of {n} transitions")
+        return self._batch(index, augment=False, image_dtype=torch.float32, generator=self.generator)
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        image_dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> BatchTransition:
+        """A random batch, uniform over the transitions, DrQ-shifted if `use_drq` (LeRobot's `sample`).
+
+        Every transition can be drawn, the newest included (LeRobot's `optimize_memory` never
+        draws its newest), except a newest one still waiting for its next frame.
+
+        Raises:
+            RuntimeError: the buffer is empty (LeRobot's message).
+        """
+        generator = generator or self.generator
+        with self._lock:
+            if self._store is None or len(self._store) == 0:
+                raise RuntimeError(_EMPTY)
+            n = len(self._store) - (1 if self._store.newest_is_open and len(self._store) > 1 else 0)
+        batch_size = min(batch_size, len(self))
+        index = torch.randint(0, n, (batch_size,), generator=generator)
+        return self._batch(index, augment=self.use_drq, image_dtype=image_dtype, generator=generator)
+
+    def get_iterator(
+        self,
+        batch_size: int,
+        async_prefetch: bool = True,
+        queue_size: int = 2,
+        *,
+        image_dtype: torch.dtype = torch.float32,
+        threads: int = 1,
+    ) -> Iterator[BatchTransition]:
+        """An endless iterator of batches (LeRobot's signature; see `OfflineBuffer.get_iterator`)."""
+        return batches(
+            self.sample, self.generator, batch_size, async_prefetch, queue_size, image_dtype, threads
+        )
+
+    def _batch(
+        self, index: torch.Tensor, *, augment: bool, image_dtype: torch.dtype, generator: torch.Generator
+    ) -> BatchTransition:
+        with self._lock:  # only the gathers: `add` may write the rings from another thread
+            if self._store is None:
+                raise RuntimeError(_EMPTY)
+            rows = self._store.gather(index)
+            store, batcher = self._store, self._batcher
+        assert batcher is not None
+        return batcher(
+            rows, store.schema.complementary, augment=augment, image_dtype=image_dtype, generator=generator
+        )
+
+
+def _squeezed(tensor: torch.Tensor) -> torch.Tensor:
+    """LeRobot's `squeeze(0)`: a leading batch dimension of 1 dropped."""
+    return tensor[0] if tensor.ndim > 0 and tensor.shape[0] == 1 else tensor

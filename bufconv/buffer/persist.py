@@ -1,0 +1,237 @@
+"""A `TransitionStore` kept in a folder: checkpoints write what is new, resume reads it all back.
+
+The folder's format (segments and a manifest) is `bufconv.cache.segments`. This module decides
+what a checkpoint writes — the frames and transitions added since the last one, never the
+whole buffer — and rebuilds a store from the folder on resume, dropping (and counting) what no
+checkpoint committed or what fails its checksums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cache import segments as seg
+from ..cache.lock import locked
+from ..errors import CacheError, LockTimeoutError
+from .store import NEXT_FRAME, OPEN, STATE_FRAME, Schema, TransitionStore
+
+log = logging.getLogger("bufconv")
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """What `checkpoint()` committed."""
+
+    transitions: int
+    """Transitions new since the previous checkpoint, now committed."""
+    frames: int
+    bytes: int
+    """Bytes written (the new segment; 0 if nothing was new)."""
+    seconds: float
+    checkpoint: int
+    """The checkpoint's number (1 for the first)."""
+    retired: int
+    """Segments deleted because the ring had wrapped past all their rows."""
+    path: Path
+
+
+class Folder:
+    """The folder behind a buffer: held locked for the buffer's life, so two learners cannot share it.
+
+    Args:
+        path: The folder (created if missing).
+        kind: "online" or "offline-added": what the buffer is (recorded, checked on resume).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.kind = kind
+        seg.make_folder(self.path)
+        self._lock = contextlib.ExitStack()
+        try:
+            self._lock.enter_context(locked(self.path / seg.MANIFEST, timeout=0))
+        except LockTimeoutError as e:
+            raise CacheError(
+                f"{self.path}: another process is using this buffer folder; stop it, or give this buffer another path",
+                path=self.path,
+            ) from e
+        self.manifest: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        self._lock.close()
+
+    @property
+    def exists(self) -> bool:
+        return seg.is_buffer_folder(self.path)
+
+    # ---- resume -----------------------------------------------------------------------------
+
+    def resume(self, capacity: int, device: torch.device) -> tuple[TransitionStore | None, int, list[str]]:
+        """The store committed in the folder, with `capacity` (the newest transitions kept).
+
+        Returns:
+            (store or None if nothing was ever committed, transitions dropped, warnings).
+        """
+        opened = seg.open_folder(self.path)
+        manifest = opened.manifest
+        if manifest.get("kind") != self.kind:
+            raise CacheError(
+                f"{self.path}: holds a {manifest.get('kind')!r} buffer, not an {self.kind!r} one; choose another folder",
+                path=self.path,
+            )
+        self.manifest = manifest
+        warnings = [p.message for p in opened.problems]
+        lost = opened.uncommitted_transitions
+        if opened.uncommitted:
+            seg.remove_files(self.path, [p.name for p in opened.uncommitted])
+        if not manifest.get("schema"):
+            return None, lost, warnings
+        store = TransitionStore(capacity, Schema.from_json(manifest["schema"]), device)
+        frames, transitions = manifest["frames"], manifest["transitions"]
+        if not opened.damaged:
+            store.reset(frames["first"], frames["end"], transitions["first"], transitions["end"])
+            for segment, cache in opened.segments:
+                _restore(store, segment, cache.tensors)
+            store.finish_restore()
+            return store, lost, warnings
+        kept, dropped = _renumbered(store, opened, transitions)
+        for segment in opened.damaged:  # kept aside for a post-mortem, out of the buffer's way
+            with contextlib.suppress(OSError):
+                (self.path / segment.file).rename(self.path / f"{segment.file}.damaged")
+        self.manifest = dict(manifest, segments=[], checkpoint=manifest["checkpoint"])
+        self.manifest["frames"] = {"first": 0, "end": 0}
+        self.manifest["transitions"] = {"first": 0, "end": 0}
+        self.checkpoint(kept)  # the renumbered store, committed whole: the folder agrees with memory again
+        seg.remove_files(self.path, [segment.file for segment, _ in opened.segments])
+        return kept, lost + dropped, warnings
+
+    # ---- checkpoint -------------------------------------------------------------------------
+
+    def start(self, store: TransitionStore | None, *, capacity: int, image_range: int,
+              state_keys: list[str], image_keys: list[str]) -> None:  # fmt: skip
+        """Begin an empty manifest for a new buffer (written at the first checkpoint)."""
+        schema = store.schema.to_json() if store is not None else {}
+        self.manifest = seg.new_manifest(
+            schema, capacity=capacity, image_range=image_range, state_keys=state_keys,
+            image_keys=image_keys, kind=self.kind,
+        )  # fmt: skip
+
+    def checkpoint(self, store: TransitionStore | None) -> CheckpointResult:
+        """Commit the rows added since the last checkpoint (the caller holds the buffer's lock).
+
+        The newest transition is held back while it waits for its next frame (added with
+        `next_state=None`); the next checkpoint commits it.
+        """
+        started = time.perf_counter()
+        manifest = self.manifest
+        assert manifest is not None, "start() or resume() first"
+        number = int(manifest["checkpoint"]) + 1
+        if store is None:  # nothing ever added: an empty buffer is still a checkpoint
+            seg.write_manifest(self.path, dict(manifest, checkpoint=number))
+            manifest["checkpoint"] = number
+            return CheckpointResult(0, 0, 0, time.perf_counter() - started, number, 0, self.path)
+        if not manifest["schema"]:
+            manifest["schema"] = store.schema.to_json()
+        end_transition = store.end_transition - (1 if store.newest_is_open else 0)
+        first_transition = store.first_transition
+        first_frame = store.first_frame
+        end_frame = store.end_frame
+        committed_t = max(int(manifest["transitions"]["end"]), first_transition)
+        committed_f = max(int(manifest["frames"]["end"]), first_frame)
+        segments = seg.segments_of(manifest)
+        new = None
+        if end_transition > committed_t or end_frame > committed_f:
+            new = seg.write_segment(
+                self.path,
+                number,
+                store.frame_pieces(committed_f, end_frame),
+                store.transition_pieces(committed_t, end_transition),
+                first_frame=committed_f,
+                first_transition=committed_t,
+            )
+            segments.append(new)
+        live = [s for s in segments if s.end_transition > first_transition or s.end_frame > first_frame]
+        retired = [s.file for s in segments if s not in live]
+        updated = dict(
+            manifest,
+            checkpoint=number,
+            frames={"first": first_frame, "end": end_frame},
+            transitions={"first": first_transition, "end": max(end_transition, first_transition)},
+            segments=[s.to_json() for s in live],
+            updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        seg.write_manifest(self.path, updated)  # the checkpoint lands here, whole
+        self.manifest = updated
+        seg.remove_files(self.path, retired)
+        return CheckpointResult(
+            transitions=max(0, end_transition - committed_t),
+            frames=max(0, end_frame - committed_f),
+            bytes=new.bytes if new else 0,
+            seconds=time.perf_counter() - started,
+            checkpoint=number,
+            retired=len(retired),
+            path=self.path,
+        )
+
+
+def _restore(store: TransitionStore, segment: seg.Segment, tensors: dict[str, torch.Tensor]) -> None:
+    frames = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("frames/")}
+    transitions = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("transitions/")}
+    store.put_frames(segment.first_frame, frames)
+    store.put_transitions(segment.first_transition, transitions)
+
+
+def _renumbered(
+    empty: TransitionStore, opened: seg.Opened, transitions: dict[str, int]
+) -> tuple[TransitionStore, int]:
+    """A store of the committed rows that survive damaged segments, renumbered from 0.
+
+    A transition whose state or next frame was in a damaged segment goes too. Returns the store
+    and how many committed transitions were dropped.
+    """
+    frame_rows: dict[int, tuple[dict[str, torch.Tensor], int]] = {}
+    transition_parts: list[tuple[int, dict[str, torch.Tensor]]] = []
+    for segment, cache in opened.segments:
+        tensors = cache.tensors
+        f = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("frames/")}
+        for i in range(segment.frames):
+            frame_rows[segment.first_frame + i] = (f, i)
+        t = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("transitions/")}
+        transition_parts.append((segment.first_transition, t))
+    store = TransitionStore(empty.capacity, empty.schema, empty.device)
+    committed = transitions["end"] - transitions["first"]
+    kept = 0
+    renumber: dict[int, int] = {}
+    for first, part in transition_parts:
+        for i in range(len(part[STATE_FRAME])):
+            number = first + i
+            if not transitions["first"] <= number < transitions["end"]:
+                continue
+            links = int(part[STATE_FRAME][i]), int(part[NEXT_FRAME][i])
+            if any(g not in frame_rows for g in links if g != OPEN):
+                continue
+            for g in links:
+                if g != OPEN and g not in renumber:
+                    source, row = frame_rows[g]
+                    renumber[g] = store.end_frame
+                    store.end_frame += 1
+                    for key, tensor in source.items():
+                        store.frames[key][renumber[g] % store.frame_capacity].copy_(tensor[row])
+            slot = store.end_transition % store.capacity
+            for name, column in part.items():
+                store.transitions[name][slot].copy_(column[i])
+            store.transitions[STATE_FRAME][slot] = renumber[links[0]]
+            store.transitions[NEXT_FRAME][slot] = renumber[links[1]] if links[1] != OPEN else OPEN
+            store.end_transition += 1
+            kept += 1
+    store.first_transition = max(0, store.end_transition - store.capacity)
+    store.finish_restore()
+    return store, committed - kept

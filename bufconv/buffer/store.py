@@ -1,0 +1,331 @@
+"""Live transitions in memory: frames stored once, transitions as links to them, in two rings.
+
+An actor's transition t carries `state` and `next_state`, and `next_state` of t is almost
+always `state` of t+1. Storing both (LeRobot's default) doubles the bytes; storing only states
+and taking `next_state` from the following slot (LeRobot's `optimize_memory`) pairs the last
+transition of an episode with the first frame of the next one. Here observations are *frames*,
+numbered as they arrive, and a transition links to its state frame and its next frame: a state
+equal to the previous transition's next frame reuses it, so a transition costs one frame, and
+an episode one more (its true last `next_state`).
+
+Frames and transitions are numbered globally from 0 and never renumbered: transition t lives in
+slot t % capacity, frame g in slot g % frame_capacity. Those numbers are what a checkpoint
+persists (`bufconv.cache.segments`), so a resumed buffer is the same buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .batch import Rows, take_rows
+
+STATE_FRAME = "state_frame"
+NEXT_FRAME = "next_frame"
+OPEN = -1
+"""`next_frame` of a transition added with `next_state=None`: it is the next transition's state."""
+_RELEASE_BYTES = 8 << 20  # give retired frames' memory back in runs of at least this much
+
+
+@dataclass(frozen=True)
+class Column:
+    """One stored column: dtype name ("uint8", "float32", "bool", "int64") and row shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        dtype: torch.dtype = getattr(torch, self.dtype)
+        return dtype
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Column:
+        return cls(str(data["dtype"]), tuple(int(n) for n in data["shape"]))
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a store holds: frame columns (one per state key) and transition columns."""
+
+    frames: dict[str, Column]
+    transitions: dict[str, Column]
+    """action, reward, done, truncated, complementary_info/<name>; the links are added by the store."""
+
+    @property
+    def complementary(self) -> list[str]:
+        return [name.split("/", 1)[1] for name in self.transitions if name.startswith("complementary_info/")]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "frames": {k: c.to_json() for k, c in self.frames.items()},
+            "transitions": {k: c.to_json() for k, c in self.transitions.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Schema:
+        return cls(
+            {k: Column.from_json(c) for k, c in data["frames"].items()},
+            {k: Column.from_json(c) for k, c in data["transitions"].items()},
+        )
+
+
+class TransitionStore:
+    """Transitions and their frames in two rings; the oldest transition goes first past `capacity`.
+
+    Not thread-safe: the owning buffer serialises `add` and `gather`.
+
+    Args:
+        capacity: Transitions kept.
+        schema: The columns.
+        device: Where rows are stored.
+    """
+
+    def __init__(self, capacity: int, schema: Schema, device: torch.device) -> None:
+        self.capacity = capacity
+        # Each transition adds at most two frames, and the frames of the newest transition are
+        # stored before the oldest one is retired: 2 * capacity + 2 slots never overwrite a live
+        # frame. Slots of retired frames are handed back to the OS (`_release`), so memory
+        # follows the frames in use (about one per transition), not this bound.
+        self.frame_capacity = 2 * capacity + 2
+        self.schema = schema
+        self.device = device
+        self.frames = {
+            k: torch.empty((self.frame_capacity, *c.shape), dtype=c.torch_dtype, device=device)
+            for k, c in schema.frames.items()
+        }
+        columns = {**schema.transitions, STATE_FRAME: Column("int64", ()), NEXT_FRAME: Column("int64", ())}
+        self.transitions = {
+            k: torch.empty((capacity, *c.shape), dtype=c.torch_dtype, device=device)
+            for k, c in columns.items()
+        }
+        self.first_transition = self.end_transition = 0
+        self.first_frame = self.end_frame = 0
+        self._released = 0  # frames below this have been handed back
+
+    # ---- size -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.end_transition - self.first_transition
+
+    @property
+    def newest_is_open(self) -> bool:
+        """Whether the newest transition still waits for its next frame (added with next_state=None)."""
+        return len(self) > 0 and int(self._link(NEXT_FRAME, self.end_transition - 1)) == OPEN
+
+    def _link(self, name: str, t: int) -> torch.Tensor:
+        return self.transitions[name][t % self.capacity]
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def add(
+        self,
+        state: Mapping[str, torch.Tensor],
+        next_state: Mapping[str, torch.Tensor] | None,
+        columns: Mapping[str, torch.Tensor],
+        *,
+        ends_episode: bool,
+    ) -> None:
+        """Append one transition (rows already checked and converted to the schema's dtypes).
+
+        Args:
+            state, next_state: One row per frame column; `next_state=None` means "the next
+                transition's state" (LeRobot's `optimize_memory`), or the state itself if
+                `ends_episode` (never a frame of another episode).
+            columns: One row per transition column of the schema.
+            ends_episode: done or truncated.
+        """
+        previous = self.end_transition - 1 if len(self) else None
+        if previous is not None and int(self._link(NEXT_FRAME, previous)) == OPEN:
+            state_frame = self._append(state)
+            self._link(NEXT_FRAME, previous).fill_(state_frame)
+        elif (
+            previous is not None
+            and int(self._link(NEXT_FRAME, previous)) == self.end_frame - 1
+            and self._equals_last(state)
+        ):
+            state_frame = self.end_frame - 1
+        else:
+            state_frame = self._append(state)
+        if next_state is not None:
+            next_frame = self._append(next_state)
+        else:
+            next_frame = state_frame if ends_episode else OPEN
+        slot = self.end_transition % self.capacity
+        for name, value in columns.items():
+            self.transitions[name][slot].copy_(value)
+        self.transitions[STATE_FRAME][slot] = state_frame
+        self.transitions[NEXT_FRAME][slot] = next_frame
+        self.end_transition += 1
+        if len(self) > self.capacity:
+            self.first_transition += 1
+        self.first_frame = int(self._link(STATE_FRAME, self.first_transition))
+        self._release()
+
+    def _append(self, row: Mapping[str, torch.Tensor]) -> int:
+        g = self.end_frame
+        slot = g % self.frame_capacity
+        for key, value in row.items():
+            self.frames[key][slot].copy_(value)
+        self.end_frame += 1
+        return g
+
+    def _equals_last(self, row: Mapping[str, torch.Tensor]) -> bool:
+        slot = (self.end_frame - 1) % self.frame_capacity
+        return all(torch.equal(self.frames[k][slot], v.to(self.device)) for k, v in row.items())
+
+    def _release(self) -> None:
+        """Hand the memory of retired frames back to the OS, in runs of at least `_RELEASE_BYTES`."""
+        row_bytes = sum(t[0].nbytes for t in self.frames.values())
+        if self.device.type != "cpu" or row_bytes == 0:
+            return
+        if (self.first_frame - self._released) * row_bytes < _RELEASE_BYTES:
+            return
+        for g0, g1 in _slot_runs(self._released, self.first_frame, self.frame_capacity):
+            for tensor in self.frames.values():
+                _dont_need(tensor, g0, g1)
+        self._released = self.first_frame
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def gather(self, positions: torch.Tensor) -> Rows:
+        """Raw rows of the transitions at `positions` (0 = the oldest kept), images uint8."""
+        slots = (positions.to(torch.int64) + self.first_transition) % self.capacity
+        out: Rows = {name: take_rows(column, slots) for name, column in self.transitions.items()}
+        state_frames = out.pop(STATE_FRAME) % self.frame_capacity
+        next_frames = out.pop(NEXT_FRAME)
+        # An open link (only the newest transition, added with next_state=None) reads its own state.
+        next_frames = torch.where(next_frames == OPEN, state_frames, next_frames % self.frame_capacity)
+        for key, frames in self.frames.items():
+            out[f"state/{key}"] = take_rows(frames, state_frames)
+            out[f"next_state/{key}"] = take_rows(frames, next_frames)
+        return out
+
+    # ---- persistence ------------------------------------------------------------------------
+
+    def frame_pieces(self, first: int, end: int) -> dict[str, list[torch.Tensor]]:
+        """Frames [first, end) by global number, as views of the ring (one or two runs, in order)."""
+        return {k: _ring_pieces(t, first, end) for k, t in self.frames.items()}
+
+    def transition_pieces(self, first: int, end: int) -> dict[str, list[torch.Tensor]]:
+        """Transitions [first, end) by global number, links included, as views of the ring."""
+        return {k: _ring_pieces(t, first, end) for k, t in self.transitions.items()}
+
+    def reset(self, first_frame: int, end_frame: int, first_transition: int, end_transition: int) -> None:
+        """Set the numbers held before `put_*` restores rows (a resumed buffer): the newest
+        `capacity` transitions of [first_transition, end_transition) are kept."""
+        self.first_transition = max(first_transition, end_transition - self.capacity)
+        self.end_transition = end_transition
+        self.first_frame, self.end_frame = first_frame, end_frame
+        self._released = first_frame
+
+    def put_frames(self, first: int, rows: Mapping[str, torch.Tensor]) -> None:
+        """Restore frames numbered from `first` (the part outside the held numbers is skipped)."""
+        count = len(next(iter(rows.values()))) if rows else 0
+        lo, hi = max(first, self.first_frame), min(first + count, self.end_frame)
+        if hi > lo:
+            for key, value in rows.items():
+                _put_ring_rows(self.frames[key], lo, value[lo - first : hi - first])
+
+    def put_transitions(self, first: int, rows: Mapping[str, torch.Tensor]) -> None:
+        """Restore transitions numbered from `first` (the part outside the held numbers is skipped)."""
+        count = len(next(iter(rows.values()))) if rows else 0
+        lo, hi = max(first, self.first_transition), min(first + count, self.end_transition)
+        if hi > lo:
+            for name, value in rows.items():
+                _put_ring_rows(self.transitions[name], lo, value[lo - first : hi - first])
+
+    def finish_restore(self) -> None:
+        """After `put_*`: the first frame still needed is the oldest kept transition's state."""
+        if len(self):
+            self.first_frame = max(self.first_frame, int(self._link(STATE_FRAME, self.first_transition)))
+        self._released = self.first_frame
+
+
+def _slot_runs(first: int, end: int, size: int) -> list[tuple[int, int]]:
+    """Slot ranges [a, b) of a ring of `size` slots holding global numbers [first, end), in order
+    (only the newest `size` numbers, if more are asked for)."""
+    if end <= first:
+        return []
+    first = max(first, end - size)
+    a, b = first % size, end % size
+    if a < b:
+        return [(a, b)]
+    return [(a, size), (0, b)] if b else [(a, size)]
+
+
+def _ring_pieces(tensor: torch.Tensor, first: int, end: int) -> list[torch.Tensor]:
+    return [tensor[a:b] for a, b in _slot_runs(first, end, len(tensor))] or [tensor[:0]]
+
+
+def _put_ring_rows(tensor: torch.Tensor, first: int, rows: torch.Tensor) -> None:
+    size = len(tensor)
+    if len(rows) > size:
+        rows, first = rows[len(rows) - size :], first + len(rows) - size
+    done = 0
+    for a, b in _slot_runs(first, first + len(rows), size):
+        tensor[a:b].copy_(rows[done : done + b - a])
+        done += b - a
+
+
+def _load_madvise() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_madvise = _load_madvise()
+_MADV_DONTNEED = 4
+_PAGE = 4096
+
+
+def _dont_need(tensor: torch.Tensor, first_row: int, end_row: int) -> None:
+    """Give the whole pages inside rows [first_row, end_row) back to the OS (they read as zeros after).
+
+    The rows are retired: nothing reads them before they are written again.
+    """
+    if _madvise is None or not tensor.is_contiguous():
+        return
+    row_bytes = math.prod(tensor.shape[1:]) * tensor.element_size()
+    start = tensor.data_ptr() + first_row * row_bytes
+    end = tensor.data_ptr() + end_row * row_bytes
+    start = -(-start // _PAGE) * _PAGE
+    end = end // _PAGE * _PAGE
+    if end > start:
+        _madvise(start, end - start, _MADV_DONTNEED)
+
+
+def schema_for(
+    state: Mapping[str, torch.Tensor],
+    action: torch.Tensor,
+    image_keys: set[str],
+    complementary: Mapping[str, torch.Tensor],
+) -> Schema:
+    """The schema of a store whose first transition has these rows (images uint8, the rest float32)."""
+    frames = {
+        key: Column("uint8" if key in image_keys else "float32", tuple(value.shape))
+        for key, value in state.items()
+    }
+    transitions = {
+        "action": Column("float32", tuple(action.shape)),
+        "reward": Column("float32", ()),
+        "done": Column("bool", ()),
+        "truncated": Column("bool", ()),
+        **{f"complementary_info/{k}": Column("float32", tuple(v.shape)) for k, v in complementary.items()},
+    }
+    return Schema(frames, transitions)

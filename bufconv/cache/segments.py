@@ -1,0 +1,307 @@
+"""The online buffer's folder: append-only checksummed segments and a manifest replaced atomically.
+
+    <folder>/manifest.json        what is committed: the segments, and which rows of them are live
+    <folder>/seg-000001.pt        one per checkpoint: the frames and transitions new since the last one
+
+A segment is written whole (a temporary name, fsync, rename) before the manifest that names it
+replaces the old one (temporary name, fsync, rename, fsync of the folder): a checkpoint is the
+manifest's rename, and a crash before it leaves the previous checkpoint standing. Segments are
+files of the cache format (docs/format.md) with their own `format`, so
+`torch.load(path, weights_only=True, mmap=True)` opens them without bufconv. Segments whose rows
+are all retired (the ring wrapped past them) leave the manifest and are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .. import errors as E
+from ..errors import CacheError, InvalidCacheError, Problem, unwritable_folder
+from .reader import CacheFile, TensorSpec, mismatched_tensors, open_archive
+from .writer import CacheWriter, fsync_dir
+
+FOLDER_FORMAT = "bufconv.online_buffer"
+SEGMENT_FORMAT = "bufconv.online_segment"
+FOLDER_VERSION = 1
+MANIFEST = "manifest.json"
+_SEGMENT_NAME = re.compile(r"^seg-(\d{6,})\.pt$")
+
+
+def segment_name(checkpoint: int) -> str:
+    return f"seg-{checkpoint:06d}.pt"
+
+
+def is_buffer_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a folder holding an online buffer's manifest."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the manifest: which frames and transitions (global numbers) it holds."""
+
+    file: str
+    checkpoint: int
+    first_frame: int
+    frames: int
+    first_transition: int
+    transitions: int
+    bytes: int
+
+    @property
+    def end_frame(self) -> int:
+        return self.first_frame + self.frames
+
+    @property
+    def end_transition(self) -> int:
+        return self.first_transition + self.transitions
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Opened:
+    """A folder as read back: the manifest, its readable segments (in order), and what is wrong."""
+
+    path: Path
+    manifest: dict[str, Any]
+    segments: list[tuple[Segment, CacheFile]]
+    problems: list[Problem] = field(default_factory=list)
+    damaged: list[Segment] = field(default_factory=list)
+    """Committed segments that are unreadable or fail their checksums."""
+    uncommitted: list[Path] = field(default_factory=list)
+    """Segment files no manifest names: a checkpoint that did not land (a crash before its manifest)."""
+    uncommitted_transitions: int = 0
+
+
+def write_segment(
+    folder: Path,
+    checkpoint: int,
+    frames: Mapping[str, Sequence[torch.Tensor]],
+    transitions: Mapping[str, Sequence[torch.Tensor]],
+    *,
+    first_frame: int,
+    first_transition: int,
+) -> Segment:
+    """Write one segment (whole, fsynced, renamed into place) and return its manifest entry.
+
+    Args:
+        frames, transitions: Per column, its rows in order, as one or more pieces (views of a
+            ring: written where they lie, never gathered into a copy first).
+
+    Raises:
+        CacheError: the folder is not writable or full.
+    """
+    name = segment_name(checkpoint)
+    tensors = {f"frames/{k}": v for k, v in frames.items()}
+    tensors.update({f"transitions/{k}": v for k, v in transitions.items()})
+    specs = [
+        TensorSpec(k, pieces[0].dtype, (sum(len(p) for p in pieces), *pieces[0].shape[1:]))
+        for k, pieces in tensors.items()
+    ]
+    frame_count = sum(len(p) for p in next(iter(frames.values()))) if frames else 0
+    transition_count = sum(len(p) for p in next(iter(transitions.values()))) if transitions else 0
+    meta = {
+        "bufconv_version": __version__,
+        "checkpoint": checkpoint,
+        "first_frame": first_frame,
+        "frames": frame_count,
+        "first_transition": first_transition,
+        "transitions": transition_count,
+    }
+    with CacheWriter(folder / name, specs, preallocate=False, format=SEGMENT_FORMAT) as writer:
+        for key, pieces in tensors.items():
+            row = 0
+            for piece in pieces:
+                writer.write(key, piece.cpu().numpy(), first_row=row)
+                row += len(piece)
+        writer.seal(meta)
+        writer.commit()
+    return Segment(
+        name,
+        checkpoint,
+        first_frame,
+        frame_count,
+        first_transition,
+        transition_count,
+        (folder / name).stat().st_size,
+    )
+
+
+def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Replace `<folder>/manifest.json` atomically (temporary file, fsync, rename, fsync of the folder).
+
+    Raises:
+        CacheError: the folder is not writable.
+    """
+    final = folder / MANIFEST
+    tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(folder)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise unwritable_folder(folder, e) from e
+
+
+def new_manifest(schema: Mapping[str, Any], *, capacity: int, image_range: int, state_keys: list[str],
+                 image_keys: list[str], kind: str) -> dict[str, Any]:  # fmt: skip
+    """The manifest of an empty buffer (nothing committed yet)."""
+    return {
+        "format": FOLDER_FORMAT,
+        "format_version": FOLDER_VERSION,
+        "bufconv_version": __version__,
+        "kind": kind,
+        "capacity": capacity,
+        "image_range": image_range,
+        "keys": {"state": state_keys, "images": image_keys},
+        "schema": dict(schema),
+        "checkpoint": 0,
+        "frames": {"first": 0, "end": 0},
+        "transitions": {"first": 0, "end": 0},
+        "segments": [],
+    }
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest, checked for its format.
+
+    Raises:
+        InvalidCacheError: `unreadable`, `not-a-cache` or `unsupported-version`.
+    """
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise _invalid(folder, E.NOT_A_CACHE, f"no {MANIFEST}: not an online buffer folder") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid(folder, E.UNREADABLE, f"{MANIFEST} cannot be read ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FOLDER_FORMAT:
+        raise _invalid(folder, E.NOT_A_CACHE, f"{MANIFEST} is not a {FOLDER_FORMAT} manifest")
+    if manifest.get("format_version") != FOLDER_VERSION:
+        raise _invalid(
+            folder,
+            E.UNSUPPORTED_VERSION,
+            f"{MANIFEST}: format version {manifest.get('format_version')!r}; this bufconv reads {FOLDER_VERSION}",
+        )
+    return manifest
+
+
+def segments_of(manifest: Mapping[str, Any]) -> list[Segment]:
+    return [Segment(**entry) for entry in manifest["segments"]]
+
+
+def open_folder(folder: str | os.PathLike[str], *, verify_payload: bool = True) -> Opened:
+    """Read a buffer folder: its manifest, then each segment it names, cheap checks first.
+
+    A damaged segment (unreadable, failed checksums, rows that disagree with the manifest) is
+    reported and left out; files no manifest names are reported as an uncommitted tail.
+
+    Raises:
+        InvalidCacheError: the manifest itself is missing, unreadable or of another format.
+    """
+    path = Path(folder)
+    manifest = read_manifest(path)
+    opened = Opened(path, manifest, [])
+    named = set()
+    for segment in segments_of(manifest):
+        named.add(segment.file)
+        problem = None
+        try:
+            top, layout = open_archive(path / segment.file, format=SEGMENT_FORMAT)
+            cache = CacheFile(path / segment.file, top["meta"], top["tensors"], layout)
+            problem = _disagreement(segment, cache)
+            if problem is None and verify_payload:
+                bad = mismatched_tensors(cache)
+                if bad:
+                    problem = Problem(
+                        E.CHECKSUM_MISMATCH,
+                        f"{segment.file}: tensor(s) {', '.join(bad)} do not match their checksum: the segment is corrupted",
+                    )
+        except InvalidCacheError as e:
+            problem = Problem(e.problems[0].code, f"{segment.file}: {e.problems[0].message}")
+        if problem is not None:
+            opened.problems.append(problem)
+            opened.damaged.append(segment)
+        else:
+            opened.segments.append((segment, cache))
+    for candidate in sorted(path.glob("seg-*.pt")):
+        if _SEGMENT_NAME.match(candidate.name) and candidate.name not in named:
+            opened.uncommitted.append(candidate)
+            opened.uncommitted_transitions += _transitions_in(candidate)
+    if opened.uncommitted:
+        opened.problems.append(
+            Problem(
+                E.UNCOMMITTED,
+                f"{len(opened.uncommitted)} segment file(s) no checkpoint committed "
+                f"({', '.join(p.name for p in opened.uncommitted)}): a checkpoint was interrupted; "
+                "they are dropped on resume",
+            )
+        )
+    return opened
+
+
+def _disagreement(segment: Segment, cache: CacheFile) -> Problem | None:
+    meta = cache.meta
+    expected = (segment.first_frame, segment.frames, segment.first_transition, segment.transitions)
+    found = (
+        meta.get("first_frame"),
+        meta.get("frames"),
+        meta.get("first_transition"),
+        meta.get("transitions"),
+    )
+    if found != expected:
+        return Problem(E.INCONSISTENT, f"{segment.file}: holds rows {found}, the manifest says {expected}")
+    for name, tensor in cache.tensors.items():
+        rows = segment.frames if name.startswith("frames/") else segment.transitions
+        if len(tensor) != rows:
+            return Problem(E.INCONSISTENT, f"{segment.file}: {name} has {len(tensor)} rows, expected {rows}")
+    return None
+
+
+def _transitions_in(path: Path) -> int:
+    """Transitions in an uncommitted segment file, if its header can be read (0 if not)."""
+    try:
+        top, _ = open_archive(path, format=SEGMENT_FORMAT)
+        return int(top["meta"]["transitions"])
+    except (InvalidCacheError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def remove_files(folder: Path, names: list[str]) -> None:
+    """Delete segment files (retired or uncommitted) and temporary files of interrupted writes."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    for tmp in [*folder.glob(".seg-*.pt.tmp-*"), *folder.glob(f".{MANIFEST}.tmp-*")]:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise unwritable_folder(folder, e) from e
+    if not folder.is_dir():
+        raise CacheError(f"{folder}: is not a folder; give the online buffer a folder path", path=folder)
+
+
+def _invalid(path: Path, code: str, message: str) -> InvalidCacheError:
+    return InvalidCacheError(f"{path}: {message}", path=path, problems=[Problem(code, message)])
