@@ -224,14 +224,26 @@ def _lerobot_learner() -> types.ModuleType:
         pytest.fail(f"LeRobot's learner cannot be imported here (install lerobot[hilserl] for grpcio): {e}")
 
 
+def _restore_learner_after_test(monkeypatch: pytest.MonkeyPatch, learner: types.ModuleType) -> None:
+    for name in ("initialize_offline_replay_buffer", "initialize_replay_buffer", "save_training_checkpoint"):
+        monkeypatch.setattr(learner, name, getattr(learner, name))  # monkeypatch restores them
+
+
 def test_install_patches_lerobot_learner(monkeypatch: pytest.MonkeyPatch) -> None:
-    """install() makes lerobot.rl.learner's initialize_offline_replay_buffer bufconv's (restored after the test)."""
+    """install() makes lerobot.rl.learner's buffer functions bufconv's (restored after the test)."""
+    from bufconv.lerobot import initialize_replay_buffer
+
     learner = _lerobot_learner()
     original = learner.initialize_offline_replay_buffer
-    monkeypatch.setattr(learner, "initialize_offline_replay_buffer", original)  # monkeypatch restores it
+    saving = learner.save_training_checkpoint
+    _restore_learner_after_test(monkeypatch, learner)
     assert original is not initialize_offline_replay_buffer
     assert install() is learner
     assert learner.initialize_offline_replay_buffer is initialize_offline_replay_buffer
+    assert learner.initialize_replay_buffer is initialize_replay_buffer
+    assert learner.save_training_checkpoint.__wrapped__ is saving
+    install()  # twice: wrapped once
+    assert learner.save_training_checkpoint.__wrapped__ is saving
 
 
 def test_install_patches_a_given_module_and_refuses_foreign_ones() -> None:
@@ -272,9 +284,7 @@ def test_learner_entry_point_runs_lerobot_train_cli_with_the_drop_in(monkeypatch
     monkeypatch.setattr(
         lerobot_learner, "train_cli", lambda: seen.append(lerobot_learner.initialize_offline_replay_buffer)
     )
-    monkeypatch.setattr(
-        lerobot_learner, "initialize_offline_replay_buffer", lerobot_learner.initialize_offline_replay_buffer
-    )
+    _restore_learner_after_test(monkeypatch, lerobot_learner)
     main()
     assert seen == [initialize_offline_replay_buffer]
 

@@ -121,7 +121,7 @@ def test_a_folder_is_used_by_one_buffer_and_refuses_mismatches(tmp_path: Path) -
     buffer = OnlineBuffer(capacity=10, image_range=1, path=folder)
     fill(buffer, stream([3]))
     buffer.checkpoint()
-    with pytest.raises(CacheError, match="another process is using this buffer folder"):
+    with pytest.raises(CacheError, match="is using this buffer folder"):
         OnlineBuffer(capacity=10, path=folder)
     buffer.close()
     with pytest.raises(CacheError, match="range 1, not 255"):

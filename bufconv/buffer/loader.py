@@ -28,6 +28,7 @@ def load_or_build(
     use_drq: bool = True,
     storage_device: str | torch.device = "cpu",
     capacity: int = DEFAULT_CAPACITY,
+    added_path: str | os.PathLike[str] | None = None,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     workers: int | None = None,
     generator: torch.Generator | None = None,
@@ -56,6 +57,8 @@ def load_or_build(
         use_drq: Random-shift augmentation when sampling (pad 4, as LeRobot).
         storage_device: Where the frames live ("cpu": memory-mapped from the cache).
         capacity: Live transitions `add` keeps (LeRobot's `offline_buffer_capacity`).
+        added_path: A folder where `checkpoint()` keeps the added transitions, resumed from
+            it when it holds some (None: in memory only). The cache itself is never rewritten.
         tolerance_s: Allowed distance between parquet timestamps and video frames.
         workers: Most decoding processes when building (None: all cores; at most one per two cores is used).
         generator: Source of randomness for sampling (default: freshly seeded).
@@ -90,6 +93,7 @@ def load_or_build(
         capacity=capacity,
         generator=generator,
         status=_STATUS[result.status],
+        added_path=added_path,
         stale_reasons=result.reasons,
     )
 
@@ -103,6 +107,7 @@ def open_buffer(
     capacity: int = DEFAULT_CAPACITY,
     generator: torch.Generator | None = None,
     verify_payload: bool = True,
+    added_path: str | os.PathLike[str] | None = None,
 ) -> OfflineBuffer:
     """Open an existing cache as a buffer without its dataset (no freshness check; integrity is checked).
 
@@ -120,4 +125,5 @@ def open_buffer(
         capacity=capacity,
         generator=generator,
         status="opened",
+        added_path=added_path,
     )

@@ -44,29 +44,39 @@ class CheckpointResult:
 
 
 class Folder:
-    """The folder behind a buffer: held locked for the buffer's life, so two learners cannot share it.
+    """The folder behind a buffer, locked from its first read or write for the buffer's life, so
+    two learners cannot write one folder. Nothing is created before the first checkpoint.
 
     Args:
-        path: The folder (created if missing).
+        path: The folder.
         kind: "online" or "offline-added": what the buffer is (recorded, checked on resume).
     """
 
     def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
         self.path = Path(path).expanduser().absolute()
         self.kind = kind
-        seg.make_folder(self.path)
         self._lock = contextlib.ExitStack()
+        self._claimed = False
+        self.manifest: dict[str, Any] | None = None
+
+    def _claim(self) -> None:
+        if self._claimed:
+            return
+        seg.make_folder(self.path)
         try:
             self._lock.enter_context(locked(self.path / seg.MANIFEST, timeout=0))
         except LockTimeoutError as e:
             raise CacheError(
-                f"{self.path}: another process is using this buffer folder; stop it, or give this buffer another path",
+                f"{self.path}: another process (or another buffer of this one) is using this buffer folder; "
+                "stop it, or give this buffer another path",
                 path=self.path,
             ) from e
-        self.manifest: dict[str, Any] | None = None
+        self._claimed = True
 
     def close(self) -> None:
+        """Release the folder's lock (a later checkpoint takes it again)."""
         self._lock.close()
+        self._claimed = False
 
     @property
     def exists(self) -> bool:
@@ -80,6 +90,7 @@ class Folder:
         Returns:
             (store or None if nothing was ever committed, transitions dropped, warnings).
         """
+        self._claim()
         opened = seg.open_folder(self.path)
         manifest = opened.manifest
         if manifest.get("kind") != self.kind:
@@ -133,6 +144,7 @@ class Folder:
         started = time.perf_counter()
         manifest = self.manifest
         assert manifest is not None, "start() or resume() first"
+        self._claim()
         number = int(manifest["checkpoint"]) + 1
         if store is None:  # nothing ever added: an empty buffer is still a checkpoint
             seg.write_manifest(self.path, dict(manifest, checkpoint=number))
