@@ -259,3 +259,46 @@ def test_kill_9_during_checkpoints_never_loses_a_committed_transition(tmp_path: 
         if store.end_transition >= len(reference):
             break
     assert kills >= 1
+
+
+def test_verify_and_summary_understand_the_folder(tmp_path: Path) -> None:
+    import bufconv
+
+    folder = tmp_path / "b"
+    buffer = OnlineBuffer(capacity=100, image_range=255, path=folder)
+    fill(buffer, stream([4, 3], uint8=True))
+    buffer.checkpoint()
+    buffer.close()
+    report = bufconv.verify(folder)
+    assert report.ok and report.kind == "bufconv-online-buffer" and report.frames == 7
+    assert report.ranges == {FRONT: 255, WRIST: 255}
+    assert "checksums" in report.checked
+    assert [p.code for p in bufconv.verify(folder, image_range=1).problems] == ["range-mismatch"]
+    info = seg.summary(folder)
+    assert (info["kind"], info["transitions"], info["segments"], info["image_range"]) == ("online", 7, 1, 255)
+    _damage(folder / "seg-000001.pt", "flip")
+    assert [p.code for p in bufconv.verify(folder).problems] == ["checksum-mismatch"]
+    assert bufconv.verify(folder, quick=True).ok  # no payload read
+
+
+def test_export_writes_a_lerobot_dataset_from_the_folder(tmp_path: Path) -> None:
+    """`bufconv export` from an online buffer's folder: LeRobot reads back every transition,
+    images equal in LeRobot's [0,1] range; a learner holding the folder is not disturbed."""
+    from lerobot.datasets import LeRobotDataset
+
+    from bufconv.buffer.export import export_lerobot
+
+    folder = tmp_path / "b"
+    buffer = OnlineBuffer(capacity=100, image_range=1, path=folder)
+    transitions = stream([3, 2])
+    fill(buffer, transitions)
+    buffer.checkpoint()  # the learner keeps the folder (and its lock)
+    _, count = export_lerobot(folder, tmp_path / "exported", fps=10)
+    assert count == 5
+    loaded = LeRobotDataset("bufconv/exported", root=tmp_path / "exported")
+    assert len(loaded) == 5 and loaded.num_episodes == 2
+    for i, t in enumerate(transitions):
+        frame = loaded[i]
+        assert torch.allclose(frame[FRONT], t["state"][FRONT][0], atol=0.5 / 255)
+        assert torch.equal(frame["action"], t["action"][0])
+    buffer.close()

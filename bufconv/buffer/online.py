@@ -53,6 +53,8 @@ class OnlineBuffer:
         generator: Randomness for sampling (default: freshly seeded).
         resume: With a `path` that holds a buffer: resume it (True), or refuse to start over it (False).
         recycle_outputs: CPU batches over recycled memory (see `Batcher`).
+        read_only: Open the folder's last checkpoint without locking or changing the folder
+            (to export or inspect while a learner runs); `checkpoint` is refused.
 
     Attributes:
         status: "new" or "resumed".
@@ -79,6 +81,7 @@ class OnlineBuffer:
         generator: torch.Generator | None = None,
         resume: bool = True,
         recycle_outputs: bool = True,
+        read_only: bool = False,
     ) -> None:
         if capacity <= 0:
             raise ValueError("Capacity must be greater than 0.")
@@ -100,7 +103,7 @@ class OnlineBuffer:
         self.warnings: list[str] = []
         self.folder: Folder | None = None
         if path is not None:
-            self.folder = Folder(path, "online")
+            self.folder = Folder(path, "online", read_only=read_only)
             weakref.finalize(self, self.folder.close)
             if self.folder.exists:
                 if not resume:
@@ -110,6 +113,10 @@ class OnlineBuffer:
                         path=self.folder.path,
                     )
                 self._resume()
+            elif read_only:
+                raise CacheError(
+                    f"{self.folder.path}: holds no online buffer (no manifest.json)", path=self.folder.path
+                )
             else:
                 self.folder.start(None, capacity=self._capacity, image_range=self.image_range,
                                   state_keys=self.state_keys, image_keys=[])  # fmt: skip

@@ -50,17 +50,21 @@ class Folder:
     Args:
         path: The folder.
         kind: "online" or "offline-added": what the buffer is (recorded, checked on resume).
+        read_only: Read what is committed without locking or changing anything (an export
+            while the learner runs: segments never change once written, and the manifest is
+            replaced atomically); `checkpoint` is refused.
     """
 
-    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], kind: str, *, read_only: bool = False) -> None:
         self.path = Path(path).expanduser().absolute()
         self.kind = kind
+        self.read_only = read_only
         self._lock = contextlib.ExitStack()
         self._claimed = False
         self.manifest: dict[str, Any] | None = None
 
     def _claim(self) -> None:
-        if self._claimed:
+        if self._claimed or self.read_only:
             return
         seg.make_folder(self.path)
         try:
@@ -101,7 +105,7 @@ class Folder:
         self.manifest = manifest
         warnings = [p.message for p in opened.problems]
         lost = opened.uncommitted_transitions
-        if opened.uncommitted:
+        if opened.uncommitted and not self.read_only:
             seg.remove_files(self.path, [p.name for p in opened.uncommitted])
         if not manifest.get("schema"):
             return None, lost, warnings
@@ -114,6 +118,8 @@ class Folder:
             store.finish_restore()
             return store, lost, warnings
         kept, dropped = _renumbered(store, opened, transitions)
+        if self.read_only:
+            return kept, lost + dropped, warnings
         for segment in opened.damaged:  # kept aside for a post-mortem, out of the buffer's way
             with contextlib.suppress(OSError):
                 (self.path / segment.file).rename(self.path / f"{segment.file}.damaged")
@@ -144,6 +150,8 @@ class Folder:
         started = time.perf_counter()
         manifest = self.manifest
         assert manifest is not None, "start() or resume() first"
+        if self.read_only:
+            raise CacheError(f"{self.path}: opened read-only; cannot checkpoint", path=self.path)
         self._claim()
         number = int(manifest["checkpoint"]) + 1
         if store is None:  # nothing ever added: an empty buffer is still a checkpoint

@@ -305,3 +305,32 @@ def make_folder(folder: Path) -> None:
 
 def _invalid(path: Path, code: str, message: str) -> InvalidCacheError:
     return InvalidCacheError(f"{path}: {message}", path=path, problems=[Problem(code, message)])
+
+
+def summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """What `bufconv info` says about a buffer folder, from its manifest alone (no segment is read).
+
+    Raises:
+        InvalidCacheError: the manifest is missing, unreadable or of another format.
+    """
+    path = Path(folder)
+    manifest = read_manifest(path)
+    segments = segments_of(manifest)
+    frames, transitions = manifest["frames"], manifest["transitions"]
+    return {
+        "path": str(path),
+        "kind": manifest.get("kind"),
+        "format": manifest["format"],
+        "format_version": manifest["format_version"],
+        "bufconv_version": manifest.get("bufconv_version"),
+        "updated": manifest.get("updated"),
+        "checkpoint": manifest["checkpoint"],
+        "capacity": manifest["capacity"],
+        "image_range": manifest["image_range"],
+        "keys": manifest["keys"],
+        "schema": manifest.get("schema") or {},
+        "transitions": int(transitions["end"]) - int(transitions["first"]),
+        "frames": int(frames["end"]) - int(frames["first"]),
+        "segments": len(segments),
+        "bytes": sum(s.bytes for s in segments),
+    }

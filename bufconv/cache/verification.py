@@ -22,6 +22,7 @@ from ..errors import InvalidCacheError, Problem
 from ..options import BuildOptions, parse_episodes, validate_range
 from ..ranges import DOUBLE_NORMALIZED_MAX, range_problem
 from .reader import CacheFile, read_cache, safe_load
+from .segments import is_buffer_folder, open_folder
 
 _MIN_IMAGE_SIDE = 8
 
@@ -70,7 +71,8 @@ class VerifyReport:
             "problems": [{"code": p.code, "message": p.message} for p in self.problems],
             "format_version": self.format_version,
             "frames": self.frames,
-            "ranges": self.ranges,
+            # The header's shape, as `info --json` prints it: {key: {"storage": "uint8", "output": 1 | 255}}.
+            "ranges": {key: {"storage": "uint8", "output": value} for key, value in self.ranges.items()},
             "observed": [o.to_json() for o in self.observed],
             "checked": self.checked,
         }
@@ -102,6 +104,9 @@ def verify(
     if image_range is not None:
         image_range = validate_range(image_range)
     report = VerifyReport(path=str(path))
+    if is_buffer_folder(path):
+        _verify_folder(Path(path), report, image_range, quick)
+        return report
     try:
         cache = read_cache(path, verify_payload=not quick)
     except InvalidCacheError as e:
@@ -130,6 +135,32 @@ def verify(
         _check_fresh(cache, dataset, report)
         report.checked.append("freshness")
     return report
+
+
+def _verify_folder(path: Path, report: VerifyReport, image_range: int | None, quick: bool) -> None:
+    """An online buffer's folder: its manifest, then every segment (checksums unless `quick`)."""
+    report.kind = "bufconv-online-buffer"
+    try:
+        opened = open_folder(path, verify_payload=not quick)
+    except InvalidCacheError as e:
+        report.problems.extend(e.problems)
+        return
+    manifest = opened.manifest
+    report.checked += ["manifest", "structure", "integrity", "safe-load", "format-version", "consistency"]
+    if not quick:
+        report.checked.append("checksums")
+    report.problems.extend(opened.problems)
+    report.format_version = manifest["format_version"]
+    report.frames = int(manifest["transitions"]["end"]) - int(manifest["transitions"]["first"])
+    declared = int(manifest["image_range"])
+    report.ranges = {key: declared for key in manifest["keys"].get("images", [])}
+    if image_range is not None and declared != image_range:
+        report.add(
+            E.RANGE_MISMATCH,
+            f"the buffer holds images in range {declared}; {image_range} was expected "
+            f"(a learner must open it with image_range={declared})",
+        )
+    report.checked.append("ranges")
 
 
 def verify_or_raise(path: str | os.PathLike[str], **kwargs: Any) -> VerifyReport:
