@@ -27,6 +27,9 @@ _EXPORTS = {
     "CheckpointResult": "bufconv.buffer.persist",
     "BatchTransition": "bufconv.buffer.batch",
     "verify": "bufconv.cache.verification",
+    "check": "bufconv.contract.check",
+    "check_or_raise": "bufconv.contract.check",
+    "CheckReport": "bufconv.contract.check",
     "verify_or_raise": "bufconv.cache.verification",
     "VerifyReport": "bufconv.cache.verification",
     "to_range": "bufconv.ranges",
@@ -44,6 +47,8 @@ _EXPORTS = {
     "StaleCacheError": "bufconv.errors",
     "LockTimeoutError": "bufconv.errors",
     "RangeMismatchError": "bufconv.errors",
+    "ConfigError": "bufconv.errors",
+    "ContractError": "bufconv.errors",
 }
 
 __all__ = [  # literal, for type checkers and linters; tests check it matches _EXPORTS
@@ -52,7 +57,10 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
     "BuildOptions",
     "BuildResult",
     "CacheError",
+    "CheckReport",
     "CheckpointResult",
+    "ConfigError",
+    "ContractError",
     "DatasetError",
     "DecodeError",
     "InvalidCacheError",
@@ -65,6 +73,8 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
     "VerifyReport",
     "__version__",
     "build",
+    "check",
+    "check_or_raise",
     "check_range",
     "guard_encoder",
     "load_or_build",
@@ -84,10 +94,13 @@ if TYPE_CHECKING:
     from .buffer.online import OnlineBuffer
     from .buffer.persist import CheckpointResult
     from .cache.verification import VerifyReport, verify, verify_or_raise
+    from .contract.check import CheckReport, check, check_or_raise
     from .convert.pipeline import BuildResult, build
     from .errors import (
         BufconvError,
         CacheError,
+        ConfigError,
+        ContractError,
         DatasetError,
         DecodeError,
         InvalidCacheError,

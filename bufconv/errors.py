@@ -48,6 +48,15 @@ STALE = "stale"
 DIFFERENT_DATASET = "different-dataset"  # verify --dataset names another dataset than the source
 UNCOMMITTED = "uncommitted"  # an online buffer's segment no checkpoint committed (SPEC section 11)
 
+# Finding codes of `bufconv check`: the data against a LeRobot training config (SPEC section 12).
+# A range difference is RANGE_MISMATCH, as above.
+SHAPE_MISMATCH = "shape-mismatch"
+ACTION_OUT_OF_BOUNDS = "action-out-of-bounds"
+GRIPPER_MISMATCH = "gripper-mismatch"
+FPS_MISMATCH = "fps-mismatch"
+CLAMP_BEFORE_RANGE = "clamp-before-range"
+CROP_MISMATCH = "crop-mismatch"  # a cache cropped/resized otherwise than the config's env processor
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -105,6 +114,19 @@ class StaleCacheError(CacheError):
 
 class LockTimeoutError(CacheError):
     """Raised when another process held the cache lock for longer than we were willing to wait."""
+
+
+class ConfigError(BufconvError):
+    """Raised when a training config cannot be read, or a value in it has the wrong form."""
+
+
+class ContractError(BufconvError):
+    """Raised when data does not fit a training config (`bufconv check` found errors) and that was not allowed."""
+
+    def __init__(self, message: str, *, path: str | Path | None, findings: Sequence[object]) -> None:
+        super().__init__(message, path=path)
+        #: The `contract.Finding`s, errors and warnings.
+        self.findings = list(findings)
 
 
 class RangeMismatchError(BufconvError, ValueError):

@@ -1,7 +1,7 @@
 """The package's shape: every module imports on its own, and imports run one way between stages.
 
 Stages, lowest first (docs/architecture.md): the shared top modules, `source`, `cache`, `convert`,
-`buffer`, `lerobot`; then the command line and the demo. A module may import its own stage and
+`contract`, `buffer`, `lerobot`; then the command line and the demo. A module may import its own stage and
 the stages below it, never one above, lazily or not: that is what keeps circles out.
 """
 
@@ -18,7 +18,16 @@ import pytest
 import bufconv
 
 PACKAGE = Path(bufconv.__file__).parent
-RANK = {"shared": 0, "source": 1, "cache": 2, "convert": 3, "buffer": 4, "lerobot": 5, "front": 6}
+RANK = {
+    "shared": 0,
+    "source": 1,
+    "cache": 2,
+    "convert": 3,
+    "contract": 4,
+    "buffer": 5,
+    "lerobot": 6,
+    "front": 7,
+}
 SHARED = {"errors", "options", "ranges"}
 FRONT = {"cli", "demo"}
 FACADES = {"bufconv", "bufconv.lerobot"}  # re-export names lazily, from every stage

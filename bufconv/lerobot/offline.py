@@ -10,6 +10,7 @@ from typing import Any
 from ..buffer.loader import load_or_build
 from ..buffer.offline import DEFAULT_CAPACITY, OfflineBuffer
 from ..options import validate_range
+from .preflight import preflight, preprocessing
 
 log = logging.getLogger("bufconv")
 
@@ -45,6 +46,7 @@ def initialize_offline_replay_buffer(
     cache_path: str | os.PathLike[str] | None = None,
     image_range: int | None = None,
     on_stale: str = "rebuild",
+    on_mismatch: str = "error",
 ) -> OfflineBuffer:
     """Replace LeRobot's `initialize_offline_replay_buffer(cfg, device, storage_device)`.
 
@@ -53,6 +55,10 @@ def initialize_offline_replay_buffer(
     features, and the cache lives at `<cfg.output_dir>/offline_buffer.pt`. A fresh cache is
     memory-mapped in well under a second; a stale one is rebuilt and the reasons are logged.
 
+    The images are cropped and resized as the config's env processor does live images
+    (`env.processor.image_preprocessing`), and the buffer is checked against the config before
+    it is returned (`bufconv check`).
+
     Args:
         cfg: LeRobot's `TrainRLServerPipelineConfig` (or anything with the same attributes).
         device: Where batches go.
@@ -60,6 +66,8 @@ def initialize_offline_replay_buffer(
         cache_path: Overrides `<cfg.output_dir>/offline_buffer.pt`.
         image_range: Overrides the range found in the config (see `resolve_image_range`).
         on_stale: "rebuild" or "error".
+        on_mismatch: What to do when the buffer does not fit the config (`bufconv check`: shapes,
+            range, bounds, gripper, fps): "error" raises `ContractError`, "warn" logs and goes on.
     """
     dataset_cfg = cfg.dataset
     if getattr(cfg, "resume", False):
@@ -71,6 +79,7 @@ def initialize_offline_replay_buffer(
     path = Path(cache_path) if cache_path is not None else Path(cfg.output_dir) / "offline_buffer.pt"
     episodes = getattr(dataset_cfg, "episodes", None)
     policy = cfg.policy
+    crop, resize = preprocessing(cfg)
     buffer = load_or_build(
         dataset,
         path,
@@ -82,6 +91,8 @@ def initialize_offline_replay_buffer(
         storage_device=str(storage_device),
         capacity=int(getattr(policy, "offline_buffer_capacity", None) or DEFAULT_CAPACITY),
         use_drq=True,
+        crop=crop,
+        resize=resize,
     )
     log.info(
         "bufconv offline buffer: %s (%s, %d transitions, images in [0,%d])%s",
@@ -91,6 +102,7 @@ def initialize_offline_replay_buffer(
         buffer.image_range,
         f"; rebuilt because {'; '.join(buffer.stale_reasons)}" if buffer.stale_reasons else "",
     )
+    preflight(cfg, path, image_range=image_range, on_mismatch=on_mismatch)
     return buffer
 
 
