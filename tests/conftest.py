@@ -36,6 +36,9 @@ class Spec:
     action_dim: int = 3
     seed: int = 0
     extra: tuple[str, ...] = field(default=())
+    rgb_encoder: tuple[tuple[str, object], ...] = ()
+    """Arguments of LeRobot's `RGBEncoderConfig` as (name, value) pairs, e.g. (("vcodec", "h264"),
+    ("g", None)); empty: LeRobot's default (AV1, GOP 2)."""
 
     @property
     def frames(self) -> int:
@@ -94,6 +97,10 @@ def write_with_lerobot(root: Path, spec: Spec, repo_id: str = "bufconv/test") ->
     kwargs = {}
     if spec.video_files_size_in_mb is not None:
         kwargs["video_files_size_in_mb"] = spec.video_files_size_in_mb
+    if spec.rgb_encoder:
+        from lerobot.configs.video import RGBEncoderConfig
+
+        kwargs["rgb_encoder"] = RGBEncoderConfig(**dict(spec.rgb_encoder))
     logging.getLogger("libav").setLevel(logging.ERROR)
     dataset = LeRobotDataset.create(
         repo_id=repo_id, fps=spec.fps, features=features, root=root, use_videos=spec.use_videos, **kwargs
