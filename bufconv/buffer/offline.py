@@ -25,10 +25,10 @@ import torch
 
 from ..cache.reader import CacheFile
 from ..errors import BufconvError
-from ..ranges import check_range, to_uint8
-from .batch import Batcher, BatchTransition, as_row, random_generator, take_rows
+from .batch import Batcher, BatchTransition, random_generator, take_rows
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
+from .rows import RowMaker
 from .store import Column, Schema, TransitionStore
 
 log = logging.getLogger("bufconv")
@@ -122,6 +122,7 @@ class OfflineBuffer:
             recycle_outputs,
         )
         self._store = TransitionStore(capacity, self._added_schema(), self.storage_device)
+        self._rows = RowMaker(self.state_keys, self.image_range)
         self.lost = 0
         self.folder: Folder | None = None
         if added_path is not None:
@@ -307,42 +308,9 @@ class OfflineBuffer:
             RangeMismatchError: an image is not in the buffer's range.
             KeyError: a state key of the buffer is missing.
         """
-        schema = self._store.schema
-        frames: dict[str, dict[str, torch.Tensor] | None] = {}
-        for prefix, observation in (("state", state), ("next_state", next_state)):
-            if observation is None:
-                frames[prefix] = None
-                continue
-            rows: dict[str, torch.Tensor] = {}
-            for key in self.state_keys:
-                if key not in observation:
-                    raise KeyError(f"{prefix} lacks {key!r}; the buffer's state keys are {self.state_keys}")
-                value = as_row(observation[key], schema.frames[key].shape, f"{prefix}[{key!r}]")
-                if key in self.ranges:
-                    if value.dtype != torch.uint8:
-                        check_range(value, self.image_range, name=f"{prefix}[{key!r}]")
-                    value = to_uint8(value, self.image_range)
-                else:
-                    value = value.to(torch.float32)
-                rows[key] = value
-            frames[prefix] = rows
-        columns = {
-            "action": as_row(action, schema.transitions["action"].shape, "action").to(torch.float32),
-            "reward": torch.as_tensor(float(reward), dtype=torch.float32),
-            "done": torch.as_tensor(bool(done)),
-            "truncated": torch.as_tensor(bool(truncated)),
-        }
-        info = complementary_info or {}
-        for short in self._complementary:
-            column = schema.transitions[f"complementary_info/{short}"]
-            columns[f"complementary_info/{short}"] = as_row(
-                info.get(short, 0.0), column.shape, f"complementary_info[{short!r}]"
-            ).to(torch.float32)
-        state_rows = frames["state"]
-        assert state_rows is not None
         with self._lock:
-            self._store.add(
-                state_rows, frames["next_state"], columns, ends_episode=bool(done) or bool(truncated)
+            self._rows.add(
+                self._store, state, action, reward, next_state, done, truncated, complementary_info
             )
 
     def checkpoint(self) -> CheckpointResult:

@@ -25,10 +25,10 @@ import torch
 
 from ..errors import BufconvError, CacheError
 from ..options import validate_range
-from ..ranges import check_range, to_uint8
-from .batch import Batcher, BatchTransition, as_row, random_generator
+from .batch import Batcher, BatchTransition, random_generator
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
+from .rows import RowMaker
 from .store import Schema, TransitionStore, schema_for
 
 log = logging.getLogger("bufconv")
@@ -97,6 +97,7 @@ class OnlineBuffer:
         self._explicit_keys = state_keys is not None
         self._store: TransitionStore | None = None
         self._batcher: Batcher | None = None
+        self._rows: RowMaker | None = None
         self._lock = threading.Lock()
         self.status = "new"
         self.lost = 0
@@ -145,6 +146,7 @@ class OnlineBuffer:
             log.warning("resuming %s: %s", self.folder.path, warning)
         if store is not None:
             self._use(store)
+            self._rows = RowMaker(self.state_keys, self.image_range)
         self.status = "resumed"
 
     def _use(self, store: TransitionStore) -> None:
@@ -204,32 +206,20 @@ class OnlineBuffer:
             ValueError: a row's shape differs from the buffer's.
         """
         with self._lock:
-            schema = (
-                self._store.schema
-                if self._store is not None
-                else self._schema_from(state, action, complementary_info)
-            )
-            end = bool(done) or bool(truncated)
-            rows = self._frame_row(state, schema, "state")
-            next_rows = self._frame_row(next_state, schema, "next_state") if next_state is not None else None
-            columns = {
-                "action": as_row(action, schema.transitions["action"].shape, "action").to(torch.float32),
-                "reward": torch.as_tensor(float(reward), dtype=torch.float32),
-                "done": torch.as_tensor(bool(done)),
-                "truncated": torch.as_tensor(bool(truncated)),
-            }
-            info = complementary_info or {}
-            for short in schema.complementary:
-                column = schema.transitions[f"complementary_info/{short}"]
-                columns[f"complementary_info/{short}"] = as_row(
-                    info.get(short, 0.0), column.shape, f"complementary_info[{short!r}]"
-                ).to(torch.float32)
             if self._store is None:
-                self._use(TransitionStore(self._capacity, schema, self.storage_device))
+                schema = self._schema_from(state, action, complementary_info)
+                store = TransitionStore(self._capacity, schema, self.storage_device)
+                rows = RowMaker(self.state_keys, self.image_range)
+                rows.add(store, state, action, reward, next_state, done, truncated, complementary_info)
+                self._use(store)  # only once the first transition was accepted
+                self._rows = rows
                 if self.folder is not None and self.folder.manifest is not None:
                     self.folder.manifest["keys"] = {"state": self.state_keys, "images": self.image_keys}
-            assert self._store is not None
-            self._store.add(rows, next_rows, columns, ends_episode=end)
+                return
+            assert self._rows is not None
+            self._rows.add(
+                self._store, state, action, reward, next_state, done, truncated, complementary_info
+            )
 
     def _schema_from(
         self, state: Mapping[str, torch.Tensor], action: torch.Tensor, info: Mapping[str, Any] | None
@@ -245,24 +235,6 @@ class OnlineBuffer:
         images = {k for k, v in rows.items() if k.startswith(IMAGE_PREFIX) and v.ndim == 3}
         complementary = {k: _squeezed(torch.as_tensor(v)) for k, v in (info or {}).items()}
         return schema_for(rows, _squeezed(torch.as_tensor(action)), images, complementary)
-
-    def _frame_row(
-        self, observation: Mapping[str, torch.Tensor], schema: Schema, prefix: str
-    ) -> dict[str, torch.Tensor]:
-        rows = {}
-        for key in self.state_keys:
-            if key not in observation:
-                raise KeyError(f"{prefix} lacks {key!r}; the buffer's state keys are {self.state_keys}")
-            column = schema.frames[key]
-            value = as_row(observation[key], column.shape, f"{prefix}[{key!r}]")
-            if column.dtype == "uint8":
-                if value.dtype != torch.uint8:
-                    check_range(value, self.image_range, name=f"{prefix}[{key!r}]")
-                value = to_uint8(value, self.image_range)
-            else:
-                value = value.to(torch.float32)
-            rows[key] = value
-        return rows
 
     def checkpoint(self) -> CheckpointResult:
         """Commit what was added since the last checkpoint to the buffer's folder.

@@ -166,19 +166,29 @@ class Folder:
         end_frame = store.end_frame
         committed_t = max(int(manifest["transitions"]["end"]), first_transition)
         committed_f = max(int(manifest["frames"]["end"]), first_frame)
+        # Each segment also holds the state frame of its first transition, even if an earlier
+        # segment has it (one frame): a segment is then needed only while it has live
+        # transitions, and retires with them instead of lingering for one shared frame.
+        segment_f = (
+            min(committed_f, store.state_frame_of(committed_t))
+            if end_transition > committed_t
+            else committed_f
+        )
         segments = seg.segments_of(manifest)
         new = None
         if end_transition > committed_t or end_frame > committed_f:
             new = seg.write_segment(
                 self.path,
                 number,
-                store.frame_pieces(committed_f, end_frame),
+                store.frame_pieces(segment_f, end_frame),
                 store.transition_pieces(committed_t, end_transition),
-                first_frame=committed_f,
+                first_frame=segment_f,
                 first_transition=committed_t,
             )
             segments.append(new)
-        live = [s for s in segments if s.end_transition > first_transition or s.end_frame > first_frame]
+        # The newest segment stays even without live transitions: its frames may be the state
+        # of the next transition (which the next segment then holds again).
+        live = [s for s in segments[:-1] if s.end_transition > first_transition] + segments[-1:]
         retired = [s.file for s in segments if s not in live]
         updated = dict(
             manifest,

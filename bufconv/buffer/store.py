@@ -122,6 +122,10 @@ class TransitionStore:
         """Whether the newest transition still waits for its next frame (added with next_state=None)."""
         return len(self) > 0 and int(self._link(NEXT_FRAME, self.end_transition - 1)) == OPEN
 
+    def state_frame_of(self, transition: int) -> int:
+        """The frame number of a kept transition's state."""
+        return int(self._link(STATE_FRAME, transition))
+
     def _link(self, name: str, t: int) -> torch.Tensor:
         return self.transitions[name][t % self.capacity]
 
@@ -129,7 +133,7 @@ class TransitionStore:
 
     def add(
         self,
-        state: Mapping[str, torch.Tensor],
+        state: Mapping[str, torch.Tensor] | None,
         next_state: Mapping[str, torch.Tensor] | None,
         columns: Mapping[str, torch.Tensor],
         *,
@@ -138,14 +142,20 @@ class TransitionStore:
         """Append one transition (rows already checked and converted to the schema's dtypes).
 
         Args:
-            state, next_state: One row per frame column; `next_state=None` means "the next
+            state: One row per frame column, or None: the previous transition's next frame
+                (the caller saw they are equal).
+            next_state: One row per frame column; `next_state=None` means "the next
                 transition's state" (LeRobot's `optimize_memory`), or the state itself if
                 `ends_episode` (never a frame of another episode).
             columns: One row per transition column of the schema.
             ends_episode: done or truncated.
         """
         previous = self.end_transition - 1 if len(self) else None
-        if previous is not None and int(self._link(NEXT_FRAME, previous)) == OPEN:
+        if state is None:
+            if previous is None or int(self._link(NEXT_FRAME, previous)) == OPEN:
+                raise ValueError("state=None needs a previous transition with a next frame")
+            state_frame = int(self._link(NEXT_FRAME, previous))
+        elif previous is not None and int(self._link(NEXT_FRAME, previous)) == OPEN:
             state_frame = self._append(state)
             self._link(NEXT_FRAME, previous).fill_(state_frame)
         elif (

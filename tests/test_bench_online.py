@@ -1,0 +1,42 @@
+"""The online-buffer benchmark runs end to end in its small configuration and prints its table (no thresholds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_online_small_configuration_prints_its_table(tmp_path: Path) -> None:
+    """`scripts/bench_online.py --sizes 100`: both sides measured (LeRobot's included), ratios printed."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_online.py"),
+            "--sizes",
+            "100",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in (
+        "memory per transition",
+        "first checkpoint",
+        "checkpoint after +1,000",
+        "resume (fresh process)",
+    ):
+        assert line in done.stdout, line
+    report = json.loads((tmp_path / "bench-online.json").read_text())
+    row = report["rows"]["100"]
+    assert row["bufconv"]["resumed"] == row["lerobot"]["resumed"] == 100
+    assert all(value > 0 for value in report["ratios"]["100"].values())
