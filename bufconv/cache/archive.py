@@ -24,9 +24,10 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where tensors are pickled: reading an archive needs no torch
+    import torch
 
 ARCHIVE_NAME = "offline_buffer"
 ALIGNMENT = 64
@@ -221,6 +222,8 @@ class TensorRef:
             step *= max(size, 1)
         hooks: collections.OrderedDict[Any, Any] = collections.OrderedDict()
         args = (self.storage, 0, tuple(self.shape), tuple(reversed(stride)), False, hooks)
+        import torch._utils
+
         return (torch._utils._rebuild_tensor_v2, args)
 
 
@@ -229,11 +232,11 @@ def tensor_ref(key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> TensorRe
     return TensorRef(StorageRef(key, dtype, math.prod(shape)), tuple(shape))
 
 
-#: The legacy storage class torch.save names for each dtype in a pickle.
-_STORAGE_TYPES = {
-    torch.uint8: "ByteStorage", torch.int8: "CharStorage", torch.int16: "ShortStorage", torch.int32: "IntStorage",
-    torch.int64: "LongStorage", torch.float16: "HalfStorage", torch.bfloat16: "BFloat16Storage",
-    torch.float32: "FloatStorage", torch.float64: "DoubleStorage", torch.bool: "BoolStorage",
+#: The legacy storage class torch.save names in a pickle for each dtype (by its header name).
+STORAGE_TYPES = {
+    "uint8": "ByteStorage", "int8": "CharStorage", "int16": "ShortStorage", "int32": "IntStorage",
+    "int64": "LongStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage",
+    "float32": "FloatStorage", "float64": "DoubleStorage", "bool": "BoolStorage",
 }  # fmt: skip
 
 
@@ -241,8 +244,11 @@ class _StoragePickler(pickle.Pickler):
     """Pickles an object tree like torch.save: tensors by reference to numbered storage records."""
 
     def persistent_id(self, obj: Any) -> Any:
+        import torch
+
         if isinstance(obj, StorageRef):
-            return ("storage", getattr(torch, _STORAGE_TYPES[obj.dtype]), obj.key, "cpu", obj.numel)
+            storage = STORAGE_TYPES[str(obj.dtype).removeprefix("torch.")]
+            return ("storage", getattr(torch, storage), obj.key, "cpu", obj.numel)
         if isinstance(obj, (torch.Tensor, torch.TypedStorage, torch.UntypedStorage)):
             raise TypeError("real tensors are not pickled here; use tensor_ref()")
         return None

@@ -9,15 +9,20 @@ Used by the build (skip or rebuild), by `load_or_build` and by `verify --dataset
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidCacheError
 from ..options import BuildOptions
 from ..source.dataset import Selection, SourceDataset
 from ..source.layouts import open_dataset
 from . import fingerprint as fp
-from .reader import FORMAT_VERSION, CacheFile, read_cache, verify_tensors
+from .header import FORMAT_VERSION
+
+if TYPE_CHECKING:  # reading tensors needs torch; comparing a header with a request does not
+    from .reader import CacheFile
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ def check_freshness(
         known: Source digests taken earlier in this process, reused for unchanged files (the
             cache header's are reused too).
     """
+    from .reader import read_cache, verify_tensors
+
     reuse = dict(known or {})
     if not path.exists():
         return Freshness(False, False, [], _fingerprint(request, reuse))
@@ -70,16 +77,30 @@ def check_freshness(
     except InvalidCacheError as e:
         reasons = [f"{path.name}: {p.message}" for p in e.problems]
         return Freshness(True, False, reasons, _fingerprint(request, reuse))
-    current = _fingerprint(request, {**fp.known_from_header(cache.meta), **reuse})
-    if cache.meta["fingerprint"] != current.value:
+    current, reasons = compare(request, cache.meta, reuse)
+    if reasons:
         # Stale: no point reading gigabytes of payload to checksum a file about to be replaced.
-        return Freshness(True, False, fp.explain(cache.meta["fingerprint_inputs"], current.inputs), current)
+        return Freshness(True, False, reasons, current)
     if verify_payload:
         try:
             verify_tensors(cache)
         except InvalidCacheError as e:
             return Freshness(True, False, [f"{path.name}: {p.message}" for p in e.problems], current)
     return Freshness(True, True, [], current, cache)
+
+
+def compare(
+    request: Request, meta: Mapping[str, Any], known: fp.Known | None = None
+) -> tuple[fp.Fingerprint, list[str]]:
+    """The request's fingerprint, and why a cache with header `meta` does not serve it (empty: it does).
+
+    Reads the header only (no tensors, no torch); the source digests it recorded are reused
+    for files whose stat is unchanged, and so are `known` ones.
+    """
+    current = _fingerprint(request, {**fp.known_from_header(meta), **(known or {})})
+    if meta["fingerprint"] == current.value:
+        return current, []
+    return current, fp.explain(meta["fingerprint_inputs"], current.inputs)
 
 
 def _fingerprint(request: Request, known: fp.Known) -> fp.Fingerprint:

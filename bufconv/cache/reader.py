@@ -12,7 +12,8 @@ Format summary (the full specification is docs/format.md):
 
 Reading checks from cheap to expensive and stops at the first failure: the zip structure, the
 integrity digest, safe unpickling, the format name and version, internal consistency, and
-(unless quick) the tensor checksums.
+(unless quick) the tensor checksums. The checks that need no tensor data live in `header.py`,
+which reads a header without torch (`read_header`, for `bufconv info` and `verify --quick`).
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from typing import Any
 import torch
 
 from .. import errors as E
-from ..errors import InvalidCacheError, Problem
-from .archive import ArchiveError, Layout, read_layout
-from .checksum import CHECKSUM, INTEGRITY_PREFIX, checksum_spans
+from .archive import Layout
+from .checksum import checksum_spans
+from .header import FORMAT, FORMAT_VERSION, MALFORMED, check_structure, check_top
+from .header import check_consistency as check_header_consistency
+from .header import invalid as _invalid
+from .header import read_header as read_header  # the header alone, without torch
 from .sink import NUMPY_DTYPES
-
-FORMAT = "bufconv.offline_buffer"
-FORMAT_VERSION = 1
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -81,10 +82,6 @@ class CacheFile:
         return int(self.meta["frames"])
 
 
-def _invalid(path: Path, code: str, message: str) -> InvalidCacheError:
-    return InvalidCacheError(f"{path}: {message}", path=path, problems=[Problem(code, message)])
-
-
 def safe_load(path: Path, *, mmap: bool = True) -> Any:
     """`torch.load` with `weights_only=True`: pickles that name code are refused, never run.
 
@@ -105,7 +102,9 @@ def safe_load(path: Path, *, mmap: bool = True) -> Any:
 
 
 _CODE = "the file refers to Python code ({name}), which safe loading never runs; it was not executed"
-_NOT_A_PICKLE = "the file's data is not a valid pickle ({detail}): it is damaged, truncated or not a torch file"
+_NOT_A_PICKLE = (
+    "the file's data is not a valid pickle ({detail}): it is damaged, truncated or not a torch file"
+)
 
 
 def _refusal(message: str) -> str:
@@ -130,7 +129,7 @@ def _first_line(text: str) -> str:
 
 
 def open_archive(
-    path: Path, *, format: str = FORMAT, format_version: int = FORMAT_VERSION
+    path: Path, *, format: str = FORMAT, format_version: int | None = None
 ) -> tuple[dict[str, Any], Layout]:
     """The top-level object and zip layout of a file bufconv wrote, after the cheap checks.
 
@@ -140,42 +139,10 @@ def open_archive(
     Raises:
         InvalidCacheError: `unreadable`, `not-a-cache`, `checksum-mismatch` or `unsupported-version`.
     """
-    if not path.is_file():
-        raise _invalid(path, E.UNREADABLE, "no such file")
-    try:
-        layout = read_layout(path)
-    except ArchiveError as e:
-        if _is_torch_legacy(path):
-            raise _invalid(path, E.NOT_A_CACHE, "a legacy (non-zip) torch file, not a bufconv cache") from e
-        raise _invalid(
-            path,
-            E.UNREADABLE,
-            f"not a zip archive as torch.save writes ({e}); the file is truncated or not a cache",
-        ) from e
-    if not layout.comment.startswith(INTEGRITY_PREFIX[: len(b"bufconv")]):
-        raise _invalid(
-            path, E.NOT_A_CACHE, "a torch file, but not one bufconv wrote (no bufconv integrity record)"
-        )
-    payloads = [name for name in layout.records if name.startswith("data/")]
-    structure = checksum_spans(
-        path, [(start, end - start) for start, end in layout.structure_spans(payloads)]
-    )
-    expected = layout.comment[len(INTEGRITY_PREFIX) :].decode("ascii", "replace")
-    if not layout.comment.startswith(INTEGRITY_PREFIX) or structure != f"{CHECKSUM}:{expected}":
-        raise _invalid(
-            path,
-            E.CHECKSUM_MISMATCH,
-            "the header or archive structure is damaged (integrity digest mismatch)",
-        )
+    layout = check_structure(path)
     top = safe_load(path, mmap=True)
-    if not isinstance(top, dict) or top.get("format") != format:
-        raise _invalid(path, E.NOT_A_CACHE, f"the top-level object is not a {format}")
-    if top.get("format_version") != format_version:
-        raise _invalid(
-            path,
-            E.UNSUPPORTED_VERSION,
-            f"format version {top.get('format_version')!r}; this bufconv reads version {format_version}: rebuild the cache",
-        )
+    # FORMAT_VERSION looked up now, not when this was defined (tests stand in a future version).
+    check_top(path, top, format, FORMAT_VERSION if format_version is None else format_version)
     return top, layout
 
 
@@ -196,7 +163,7 @@ def read_cache(path: str | os.PathLike[str], *, verify_payload: bool = True) -> 
     cache = CacheFile(path, top.get("meta"), top.get("tensors"), layout)  # type: ignore[arg-type]
     try:
         problem = check_consistency(cache)
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError, RuntimeError) as e:
+    except MALFORMED as e:
         # The integrity digest is not a signature: a crafted file can pass it with any header.
         problem = f"the header is malformed ({type(e).__name__}: {e})"
     if problem:
@@ -221,15 +188,6 @@ def verify_tensors(cache: CacheFile) -> None:
         )
 
 
-def _is_torch_legacy(path: Path) -> bool:
-    """Whether the file starts like a pickle (protocol 2): torch.save's legacy, non-zip format."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(2) == b"\x80\x02"
-    except OSError:
-        return False
-
-
 def mismatched_tensors(cache: CacheFile) -> list[str]:
     """Names of tensors whose bytes do not hash to the checksum in the header."""
     bad = []
@@ -241,82 +199,15 @@ def mismatched_tensors(cache: CacheFile) -> list[str]:
     return bad
 
 
-#: Header fields every reader relies on (`bufconv info` prints them).
-REQUIRED_META = {
-    "bufconv_version": str, "created": str, "frames": int, "tensors": dict, "keys": dict, "ranges": dict,
-    "episodes": list, "fingerprint": str, "fingerprint_inputs": dict, "source": dict, "done_source": str,
-}  # fmt: skip
-
-
 def check_consistency(cache: CacheFile) -> str | None:
-    """The first internal inconsistency of a cache's header and tensors, or None.
-
-    Cheap: reads only small index tensors (episode and next indices), never pixels.
+    """The first internal inconsistency of a cache's header and tensors, or None: the checks of
+    `header.check_consistency` on the mapped tensors. Cheap: reads only the small index tensors
+    (episode and next indices), never pixels.
     """
-    meta, tensors = cache.meta, cache.tensors
-    if not isinstance(meta, dict) or not isinstance(tensors, dict):
+    if not isinstance(cache.meta, dict) or not isinstance(cache.tensors, dict):
         return "meta or tensors is not a dict"
-    for field, kind in REQUIRED_META.items():
-        if not isinstance(meta.get(field), kind):
-            return f"the header's {field!r} is missing or not a {kind.__name__}"
-    frames = meta["frames"]
-    if not isinstance(frames, int) or frames < 1:
-        return f"frames is {frames!r}"
-    if list(meta["tensors"]) != list(tensors):
-        return "the tensors do not match the header's tensor list"
-    for name, info in meta["tensors"].items():
-        tensor = tensors[name]
+    for name, tensor in cache.tensors.items():
         if not isinstance(tensor, torch.Tensor):
             return f"{name!r} is not a tensor"
-        if list(tensor.shape) != info.get("shape") or dtype_name(tensor.dtype) != info.get("dtype"):
-            return f"{name!r} is {dtype_name(tensor.dtype)} {list(tensor.shape)} but the header says {info.get('dtype')} {info.get('shape')}"
-        if tensor.ndim == 0 or tensor.shape[0] != frames:
-            return f"{name!r} has {tensor.shape[0] if tensor.ndim else 0} rows; the cache has {frames} frames"
-    keys = meta["keys"]
-    for name in [
-        *keys.get("state", []),
-        *keys.get("images", []),
-        "action",
-        "reward",
-        "done",
-        "truncated",
-        "episode_index",
-        "next_index",
-    ]:
-        if name not in tensors:
-            return f"the header names {name!r} but there is no such tensor"
-    for key in keys.get("images", []):
-        if tensors[key].dtype != torch.uint8 or tensors[key].ndim != 4:
-            return f"image {key!r} is not uint8 (N, C, H, W)"
-        r = meta["ranges"].get(key)
-        if not isinstance(r, dict) or r.get("storage") != "uint8" or r.get("output") not in (1, 255):
-            return f"image {key!r} has no valid range declaration ({r!r})"
-    if set(meta["ranges"]) != set(keys.get("images", [])):
-        return "range declarations do not match the image keys"
-    start = 0
-    for row in meta["episodes"]:
-        if row.get("start") != start or not isinstance(row.get("length"), int) or row["length"] < 1:
-            return f"the episode table is not contiguous at episode {row.get('episode_index')!r}"
-        start += row["length"]
-    if start != frames:
-        return f"the episode table covers {start} frames; the cache has {frames}"
-    episode_index = tensors["episode_index"]
-    next_index = tensors["next_index"]
-    if episode_index.dtype != torch.int64 or next_index.dtype != torch.int64:
-        return "episode_index/next_index are not int64"
-    expected = torch.repeat_interleave(
-        torch.tensor([row["episode_index"] for row in meta["episodes"]], dtype=torch.int64),
-        torch.tensor([row["length"] for row in meta["episodes"]], dtype=torch.int64),
-    )
-    if not torch.equal(episode_index, expected):
-        return "episode_index disagrees with the episode table"
-    if int(next_index.min()) < 0 or int(next_index.max()) >= frames:
-        return "next_index points outside the cache"
-    if not torch.equal(episode_index[next_index], episode_index):
-        return "next_index pairs frames of different episodes"
-    return None
-
-
-def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The header (`meta`) of a cache without reading tensor data, after the cheap checks."""
-    return read_cache(path, verify_payload=False).meta
+    specs = {name: (dtype_name(t.dtype), tuple(t.shape)) for name, t in cache.tensors.items()}
+    return check_header_consistency(cache.meta, specs, lambda name: cache.tensors[name].numpy())

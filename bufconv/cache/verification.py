@@ -13,16 +13,17 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .. import errors as E
 from ..errors import InvalidCacheError, Problem
 from ..options import BuildOptions, parse_episodes, validate_range
-from ..ranges import DOUBLE_NORMALIZED_MAX, range_problem
-from .reader import CacheFile, read_cache, safe_load
-from .segments import is_buffer_folder, open_folder
+from .header import read_header
+
+if TYPE_CHECKING:  # imported where tensors are read: `verify(quick=True)` of a cache needs no torch
+    import torch
+
+    from .reader import CacheFile
 
 _MIN_IMAGE_SIDE = 8
 
@@ -104,11 +105,21 @@ def verify(
     if image_range is not None:
         image_range = validate_range(image_range)
     report = VerifyReport(path=str(path))
-    if is_buffer_folder(path):
-        _verify_folder(Path(path), report, image_range, quick)
-        return report
+    if os.path.isdir(path):
+        from .segments import is_buffer_folder
+
+        if is_buffer_folder(path):
+            _verify_folder(Path(path), report, image_range, quick)
+            return report
+    cache: CacheFile | None = None
     try:
-        cache = read_cache(path, verify_payload=not quick)
+        if quick:  # the header and index tensors only: read without torch
+            meta = read_header(path)
+        else:
+            from .reader import read_cache
+
+            cache = read_cache(path, verify_payload=True)
+            meta = cache.meta
     except InvalidCacheError as e:
         report.problems.extend(e.problems)
         first = e.problems[0].code
@@ -120,25 +131,27 @@ def verify(
     if not quick:
         report.checked.append("checksums")
     report.format_version = 1
-    report.frames = cache.frames
-    report.ranges = {k: v["output"] for k, v in cache.meta["ranges"].items()}
+    report.frames = int(meta["frames"])
+    report.ranges = {k: v["output"] for k, v in meta["ranges"].items()}
     for key, declared in report.ranges.items():
         if image_range is not None and declared != image_range:
             report.add(
                 E.RANGE_MISMATCH,
                 f"{key}: the cache declares range {declared}; {image_range} was expected (rebuild with --range {image_range})",
             )
-    if not quick:
+    if cache is not None:
         _check_pixels(cache, report)
     report.checked.append("ranges")
     if dataset is not None:
-        _check_fresh(cache, dataset, report)
+        _check_fresh(meta, dataset, report)
         report.checked.append("freshness")
     return report
 
 
 def _verify_folder(path: Path, report: VerifyReport, image_range: int | None, quick: bool) -> None:
     """An online buffer's folder: its manifest, then every segment (checksums unless `quick`)."""
+    from .segments import open_folder
+
     report.kind = "bufconv-online-buffer"
     try:
         opened = open_folder(path, verify_payload=not quick)
@@ -177,6 +190,8 @@ def verify_or_raise(path: str | os.PathLike[str], **kwargs: Any) -> VerifyReport
 
 def _check_pixels(cache: CacheFile, report: VerifyReport) -> None:
     """Stored frames whose pixels never exceed 1 were scaled to [0,1] before being stored as uint8."""
+    import torch
+
     for key in cache.meta["keys"]["images"]:
         lo, hi = (int(v) for v in torch.aminmax(cache.tensors[key]))
         report.observed.append(
@@ -189,13 +204,14 @@ def _check_pixels(cache: CacheFile, report: VerifyReport) -> None:
             )
 
 
-def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: VerifyReport) -> None:
+def _check_fresh(meta: dict[str, Any], dataset: str | os.PathLike[str], report: VerifyReport) -> None:
+    """Whether the cache with header `meta` is fresh for `dataset` (headers and source digests only)."""
     from ..errors import BufconvError, DatasetError
     from ..source.layouts import open_dataset
-    from .freshness import check_freshness, prepare
+    from .freshness import compare, prepare
 
     try:
-        built = cache.meta["fingerprint_inputs"]["options"]
+        built = meta["fingerprint_inputs"]["options"]
         declared = next(iter(built["ranges"].values()), 1)
         # The declared range, not the expected one: a range difference is reported once, as range-mismatch.
         options = BuildOptions(
@@ -211,7 +227,7 @@ def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: Veri
         report.add(E.INCONSISTENT, f"the header's build options are malformed ({type(e).__name__}: {e})")
         return
     source = open_dataset(dataset)  # not a dataset at all: raised, the caller passed a wrong path
-    built_from = str(cache.meta["source"].get("root"))
+    built_from = str(meta["source"].get("root"))
     fix = f"pass the dataset it was built from ({built_from}), or build a separate cache for {source.root}"
     try:
         source.select(options)
@@ -219,18 +235,18 @@ def _check_fresh(cache: CacheFile, dataset: str | os.PathLike[str], report: Veri
         report.add(E.DIFFERENT_DATASET, f"built from another dataset than {source.root}: {e}; {fix}")
         return
     try:
-        state = check_freshness(prepare(source, options), cache.path, verify_payload=False)
+        current, reasons = compare(prepare(source, options), meta)
     except BufconvError as e:
         report.add(E.STALE, f"cannot check against {dataset}: {e}")
         return
-    if not state.fresh and _another_dataset(cache.meta, state.fingerprint.inputs, source.root):
+    if reasons and _another_dataset(meta, current.inputs, source.root):
         report.add(
             E.DIFFERENT_DATASET,
             f"built from {built_from}, a different dataset than {source.root} (none of the data or video files it "
             f"was built from match); {fix}",
         )
         return
-    for reason in state.reasons:
+    for reason in reasons:
         report.add(E.STALE, reason)
 
 
@@ -254,6 +270,11 @@ def _another_dataset(meta: dict[str, Any], current: dict[str, Any], root: Path) 
 
 def _inspect_foreign(path: Path, report: VerifyReport, image_range: int | None) -> None:
     """Report image-like tensors of a non-bufconv file, loaded only with weights_only=True."""
+    import torch
+
+    from ..ranges import DOUBLE_NORMALIZED_MAX, range_problem
+    from .reader import safe_load
+
     if not path.is_file():
         return
     try:
@@ -288,6 +309,8 @@ def _inspect_foreign(path: Path, report: VerifyReport, image_range: int | None) 
 
 
 def _image_like(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    import torch
+
     if isinstance(obj, torch.Tensor):
         if _looks_like_images(obj, prefix):
             yield prefix or "tensor", obj
@@ -300,6 +323,8 @@ def _image_like(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _looks_like_images(tensor: torch.Tensor, name: str) -> bool:
+    import torch
+
     if tensor.ndim < 3 or not (tensor.is_floating_point() or tensor.dtype == torch.uint8):
         return False
     if "image" in name or "pixels" in name:
