@@ -2,7 +2,9 @@
 
 Each command parses its options, calls one library function and prints the result. Library
 errors become one line on stderr and exit status 1 (`--verbose` shows the traceback); usage
-errors exit with 2.
+errors exit with 2. `-v/--verbose` and `-q/--quiet` work before or after the command name.
+SIGTERM stops a build as Ctrl-C does (nothing replaced, nothing left), and a reader that goes
+away (`| head`) ends the output quietly.
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
 from .errors import BufconvError, DatasetError
+
+if TYPE_CHECKING:
+    from .convert.preview import BuildPlan
 from .options import DEFAULT_TOLERANCE_S, parse_crop, parse_episodes, parse_keys, parse_resize
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,19 +39,71 @@ def _fail(message: str) -> None:
     click.echo(f"bufconv: error: {' '.join(message.split())}", err=True)
 
 
+def _echo(text: str = "") -> None:
+    """Print a line on stdout; once its reader has gone (`bufconv verify ... | head -1`), drop
+    the rest quietly: a closed pipe is not an error, and the command keeps its exit status."""
+    try:
+        click.echo(text)
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so nothing (not even the flush at exit) writes to a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # an in-memory stdout (tests) has no descriptor to replace
+        pass
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+class _Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (`timeout`, SLURM, `docker stop`): the build stops
+    as on Ctrl-C, its temporary file and lock are removed and the old cache stays."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+def _flag(name: str) -> bool:
+    """Whether a shared flag (`verbose`, `quiet`) was given, before or after the command name."""
+    return bool(click.get_current_context().find_root().meta.get(f"bufconv.{name}"))
+
+
 def handle_errors(command: F) -> F:
     """Turn any error into one line on stderr and exit status 1 (`--verbose` adds the traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = click.get_current_context().find_root().params.get("verbose")
+        verbose = _flag("verbose")
         try:
             return command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # usage errors: click prints them and exits 2
+        except _Terminated:
+            _fail("terminated (SIGTERM); nothing was replaced")
+            sys.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             _fail("interrupted; nothing was replaced")
             sys.exit(130)
+        except BrokenPipeError as e:
+            if not _stdout_closed():
+                _fail(str(e))
+                sys.exit(1)
+            _drop_stdout()  # the reader of our output left: not an error
+            sys.exit(0)
         except (BufconvError, ValueError, OSError) as e:
             if verbose:
                 traceback.print_exc()
@@ -108,20 +167,143 @@ def _ranges(ranges: dict[str, int]) -> str:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Record a shared flag on the root context, wherever it was typed."""
+    if value and param.name:
+        ctx.find_root().meta[f"bufconv.{param.name}"] = True
+        if param.name == "verbose":
+            logging.getLogger().setLevel(logging.INFO)
+
+
+#: Flags every command takes, before or after its name (`bufconv -v build ...` = `bufconv build ... -v`).
+_SHARED_FLAGS = (
+    ("-v", "--verbose", "Show the traceback of an error, and what the library logs."),
+    ("-q", "--quiet", "Print nothing but errors (and --json output); no progress bar."),
+)
+
+
+def _shared_flags() -> list[click.Option]:
+    return [
+        click.Option([short, long], is_flag=True, expose_value=False, callback=_remember, help=text)
+        for short, long, text in _SHARED_FLAGS
+    ]
+
+
+class _Group(click.Group):
+    """A group whose commands all take the shared flags (a command's own option of the same name wins)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        taken = {opt for param in cmd.params for opt in param.opts}
+        cmd.params.extend(flag for flag in _shared_flags() if not taken & set(flag.opts))
+        super().add_command(cmd, name)
+
+
+@click.group(
+    cls=_Group,
+    params=_shared_flags(),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="bufconv")
-@click.option("--verbose", is_flag=True, help="Show the traceback of an error.")
-def cli(verbose: bool) -> None:
+def cli() -> None:
     """Convert LeRobot datasets into versioned, range-checked offline replay buffers.
 
     \b
     Quick start:
       bufconv demo
+      bufconv inspect user/pick_cube
       bufconv build user/pick_cube --range 255 -o offline_buffer.pt
       bufconv verify offline_buffer.pt --dataset user/pick_cube
+
+    \b
+    Shell completion (bash; zsh and fish likewise):
+      eval "$(_BUFCONV_COMPLETE=bash_source bufconv)"
     """
     # Commands print what matters themselves; library log lines only with --verbose.
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="bufconv: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if _flag("verbose") else logging.ERROR, format="bufconv: %(message)s"
+    )
+
+
+def _selection_options(command: F) -> F:
+    """The options that choose what a cache holds: `build` and `inspect` share them."""
+    for option in reversed(
+        [
+            click.option(
+                "--range",
+                "image_range",
+                type=RANGE,
+                default="1",
+                show_default=True,
+                help="Range image batches come out in: 1 = [0,1] (LeRobot), 255 = [0,255] (encoders that normalise themselves).",
+            ),
+            click.option(
+                "--keys",
+                callback=_parsed(parse_keys),
+                help="Observation keys for the state, comma-separated (default: all observation.* features).",
+            ),
+            click.option(
+                "--episodes",
+                callback=_parsed(parse_episodes),
+                help="Episodes to include, e.g. 0-9,15 (default: all).",
+            ),
+            click.option(
+                "--tolerance-s",
+                type=click.FloatRange(min=0, min_open=True),
+                default=DEFAULT_TOLERANCE_S,
+                show_default=True,
+                help="Largest allowed gap between a parquet timestamp and its video frame, in seconds.",
+            ),
+            click.option(
+                "--crop",
+                "crops",
+                multiple=True,
+                metavar="KEY=TOP,LEFT,HEIGHT,WIDTH",
+                callback=_parsed_each(parse_crop),
+                help="Crop one camera's frames, as LeRobot's crop_params_dict (repeat for each camera).",
+            ),
+            click.option(
+                "--resize",
+                metavar="H,W",
+                callback=_parsed(parse_resize),
+                help="Resize every camera's frames after the crop, as LeRobot's resize_size (bilinear, antialiased).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _print_plan(plan: BuildPlan) -> None:
+    """The dataset and the cache a build would write (`inspect`, `build --dry-run`)."""
+    where = plan.repo_id or "local"
+    _echo(
+        f"{plan.root}: LeRobot {plan.codebase_version} dataset ({where}), {plan.fps:g} fps, "
+        f"{plan.episodes_in_dataset} episodes, {plan.frames_in_dataset:,} frames"
+    )
+    width = max([len(c.key) for c in plan.cameras] + [len(c.key) for c in plan.columns] + [8])
+    _echo("cameras:" if plan.cameras else "cameras: none")
+    for cam in plan.cameras:
+        codec = f"{cam.kind} {cam.codec}" if cam.codec else f"{cam.kind} (PNG/JPEG in parquet)"
+        stored = f"{cam.stored[1]}x{cam.stored[2]}"
+        note = (
+            ""
+            if not cam.selected
+            else ""
+            if stored == f"{cam.height}x{cam.width}"
+            else f" -> stored {stored}"
+        )
+        left_out = "" if cam.selected else "  (not selected)"
+        _echo(
+            f"  {cam.key:<{width}}  {codec:<12} {cam.height}x{cam.width}{note}, {cam.frames:,} frames{left_out}"
+        )
+    _echo("other keys:")
+    for col in plan.columns:
+        _echo(f"  {col.key:<{width}}  {col.dtype:<8} {list(col.shape)!s:<8} {col.role}")
+    _echo(
+        f"a build of episodes {plan.episodes} ({plan.episode_count} episodes, {plan.frames:,} frames) with "
+        f"--range {plan.image_range} writes {_size(plan.file_bytes)} (uint8 pixels {_size(plan.payload_bytes)}), "
+        f"{len(plan.tensors)} tensors"
+    )
 
 
 @cli.command()
@@ -131,54 +313,26 @@ def cli(verbose: bool) -> None:
     "--output",
     default="offline_buffer.pt",
     show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Cache file to write.",
+    type=click.Path(),
+    help="Cache file to write; a folder (existing, or ending in /) means FOLDER/offline_buffer.pt.",
 )
-@click.option(
-    "--range",
-    "image_range",
-    type=RANGE,
-    default="1",
-    show_default=True,
-    help="Range image batches come out in: 1 = [0,1] (LeRobot), 255 = [0,255] (encoders that normalise themselves).",
-)
-@click.option(
-    "--keys",
-    callback=_parsed(parse_keys),
-    help="Observation keys for the state, comma-separated (default: all observation.* features).",
-)
-@click.option(
-    "--episodes", callback=_parsed(parse_episodes), help="Episodes to include, e.g. 0-9,15 (default: all)."
-)
+@_selection_options
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
     help="Most decoding processes (default: all cores; one per two cores is used at most).",
 )
-@click.option(
-    "--tolerance-s",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_TOLERANCE_S,
-    show_default=True,
-    help="Largest allowed gap between a parquet timestamp and its video frame, in seconds.",
-)
-@click.option(
-    "--crop",
-    "crops",
-    multiple=True,
-    metavar="KEY=TOP,LEFT,HEIGHT,WIDTH",
-    callback=_parsed_each(parse_crop),
-    help="Crop one camera's frames, as LeRobot's crop_params_dict (repeat for each camera).",
-)
-@click.option(
-    "--resize",
-    metavar="H,W",
-    callback=_parsed(parse_resize),
-    help="Resize every camera's frames after the crop, as LeRobot's resize_size (bilinear, antialiased).",
-)
 @click.option("--force", is_flag=True, help="Rebuild even if the cache is up to date.")
-@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print what the build would write (as `inspect`), write nothing."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON (status, reasons, path, frames, seconds).",
+)
 @handle_errors
 def build(
     dataset: str,
@@ -186,12 +340,13 @@ def build(
     image_range: str,
     keys: tuple[str, ...] | None,
     episodes: tuple[int, ...] | None,
-    workers: int | None,
     tolerance_s: float,
     crops: tuple[tuple[str, tuple[int, int, int, int]], ...],
     resize: tuple[int, int] | None,
+    workers: int | None,
     force: bool,
-    quiet: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Build an offline buffer cache from DATASET (a folder or a repo id).
 
@@ -203,38 +358,98 @@ def build(
     Example:
       bufconv build ~/.cache/huggingface/lerobot/me/pick_cube --range 255 --episodes 0-9
       bufconv build me/pick_cube --crop observation.images.front=0,80,480,480 --resize 128,128
+      bufconv build me/pick_cube -o outputs/ --json
     """
+    quiet = _flag("quiet")
+    show_progress = not quiet and not as_json and not dry_run and sys.stderr.isatty()
+    if show_progress:  # importing torch and reading the metadata take a few seconds: say so
+        click.echo("bufconv build: starting\r", err=True, nl=False)
+    options: dict[str, Any] = {
+        "image_range": int(image_range),
+        "keys": keys,
+        "episodes": episodes,
+        "tolerance_s": tolerance_s,
+        "crop": _one_crop_per_camera(crops),
+        "resize": resize,
+    }
+    if dry_run:
+        from .convert.pipeline import cache_file
+        from .convert.preview import plan_build
+        from .options import BuildOptions
+
+        plan = plan_build(dataset, BuildOptions.create(**options))
+        if as_json:
+            _echo(
+                json.dumps({"dry_run": True, "output": str(cache_file(output)), **plan.to_json()}, indent=2)
+            )
+        elif not quiet:
+            _print_plan(plan)
+            _echo(f"dry run: nothing written; the cache would go to {cache_file(output)}")
+        return
     from .convert.pipeline import build as run_build
 
-    result = run_build(
-        dataset,
-        output,
-        image_range=int(image_range),
-        keys=keys,
-        episodes=episodes,
-        workers=workers,
-        tolerance_s=tolerance_s,
-        crop=_one_crop_per_camera(crops),
-        resize=resize,
-        force=force,
-        progress=not quiet and sys.stderr.isatty(),
-    )
+    result = run_build(dataset, output, workers=workers, force=force, progress=show_progress, **options)
+    if as_json:
+        _echo(json.dumps(result.to_json(), indent=2))
+        return
     if quiet:
         return
     if result.status == "fresh":
-        click.echo(
+        _echo(
             f"{result.path} is up to date ({result.frames:,} frames, {result.episodes} episodes); "
             "nothing decoded. Use --force to rebuild."
         )
     else:
         for reason in result.reasons:
-            click.echo(f"stale: {reason}")
-        click.echo(
+            _echo(f"stale: {reason}")
+        _echo(
             f"{result.status} {result.path}: {result.frames:,} frames, {result.episodes} episodes in "
             f"{result.seconds:.2f} s ({result.frames_per_second:,.0f} frames/s); file {_size(result.file_bytes)} "
             f"(uint8 pixels {_size(result.payload_bytes)})"
         )
-    click.echo(f"ranges: {_ranges(result.ranges)}")
+    _echo(f"ranges: {_ranges(result.ranges)}")
+
+
+@cli.command()
+@click.argument("dataset")
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@handle_errors
+def inspect(
+    dataset: str,
+    image_range: str,
+    keys: tuple[str, ...] | None,
+    episodes: tuple[int, ...] | None,
+    tolerance_s: float,
+    crops: tuple[tuple[str, tuple[int, int, int, int]], ...],
+    resize: tuple[int, int] | None,
+    as_json: bool,
+) -> None:
+    """Describe DATASET before building it: cameras, keys, episodes, and the cache size.
+
+    Shows each camera (codec, size, frames), the other keys with their dtypes and shapes and
+    what a build makes of them, the episodes, fps and layout version, and the size of the
+    cache a build with these options would write. Reads metadata only.
+
+    \b
+    Example:
+      bufconv inspect me/pick_cube
+      bufconv inspect me/pick_cube --keys observation.images.front,observation.state --episodes 0-9
+    """
+    from .convert.preview import plan_build
+    from .options import BuildOptions
+
+    plan = plan_build(
+        dataset,
+        BuildOptions.create(
+            image_range=int(image_range), keys=keys, episodes=episodes, tolerance_s=tolerance_s,
+            crop=_one_crop_per_camera(crops), resize=resize,
+        ),
+    )  # fmt: skip
+    if as_json:
+        _echo(json.dumps(plan.to_json(), indent=2))
+    elif not _flag("quiet"):
+        _print_plan(plan)
 
 
 @cli.command()
@@ -266,18 +481,16 @@ def verify(path: str, dataset: str | None, image_range: str | None, quick: bool,
     except DatasetError as e:  # --dataset names no dataset: a wrong argument, not a problem of the cache
         raise click.BadParameter(str(e), param_hint="'--dataset'") from None
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-    else:
+        _echo(json.dumps(report.to_json(), indent=2))
+    elif not _flag("quiet"):
         state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        click.echo(
-            f"{path}: {state} ({report.kind}; checked: {', '.join(report.checked) or 'nothing further'})"
-        )
+        _echo(f"{path}: {state} ({report.kind}; checked: {', '.join(report.checked) or 'nothing further'})")
         if report.ranges:
-            click.echo(f"ranges: {_ranges(report.ranges)}")
+            _echo(f"ranges: {_ranges(report.ranges)}")
         for o in report.observed:
-            click.echo(f"observed {o.name}: {o.dtype} {o.shape} values in [{o.min:.6g}, {o.max:.6g}]")
+            _echo(f"observed {o.name}: {o.dtype} {o.shape} values in [{o.min:.6g}, {o.max:.6g}]")
         for p in report.problems:
-            click.echo(f"[{p.code}] {p.message}")
+            _echo(f"[{p.code}] {p.message}")
     sys.exit(0 if report.ok else 1)
 
 
@@ -286,37 +499,40 @@ def verify(path: str, dataset: str | None, image_range: str | None, quick: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
 @handle_errors
 def info(path: str, as_json: bool) -> None:
-    """Summarise a cache from its header, without reading pixel data.
+    """Summarise a cache from its header, without reading pixel data (or importing torch).
+
+    --json prints the header's fields, with the source files' modification times as ISO 8601
+    and the ranges as {key: {"storage": "uint8", "output": 1 | 255}}, as `verify --json`.
 
     \b
     Example:
       bufconv info offline_buffer.pt --json
     """
-    from .cache.reader import read_header
+    from .cache.header import read_header, summarize
 
     meta = read_header(path)
-    size = Path(path).stat().st_size
     if as_json:
-        click.echo(json.dumps({"path": path, "file_bytes": size, "meta": meta}, indent=2))
+        _echo(json.dumps(summarize(path, meta), indent=2))
         return
+    if _flag("quiet"):
+        return
+    size = Path(path).stat().st_size
     source = meta["source"]
-    click.echo(
+    _echo(
         f"{path}: bufconv cache, format 1 (bufconv {meta['bufconv_version']}, created {meta['created']}), {_size(size)}"
     )
-    click.echo(
+    _echo(
         f"source: {source['root']} ({source.get('repo_id') or 'local'}, {source['codebase_version']}, {source['fps']} fps)"
     )
-    click.echo(
-        f"frames: {meta['frames']:,} in {len(meta['episodes'])} episodes; done from {meta['done_source']}"
-    )
-    click.echo(f"fingerprint: {meta['fingerprint']}")
+    _echo(f"frames: {meta['frames']:,} in {len(meta['episodes'])} episodes; done from {meta['done_source']}")
+    _echo(f"fingerprint: {meta['fingerprint']}")
     crops = meta.get("crop") or {}
     crop_text = "; ".join(f"{k} {','.join(map(str, c))} (top,left,height,width)" for k, c in crops.items())
     resize = meta.get("resize")
-    click.echo(f"crop: {crop_text or 'none'}; resize: {'x'.join(map(str, resize)) if resize else 'none'}")
+    _echo(f"crop: {crop_text or 'none'}; resize: {'x'.join(map(str, resize)) if resize else 'none'}")
     actions = meta.get("actions")
     if actions:
-        click.echo(f"actions ({actions['dims']} dims, {source['fps']} fps):")
+        _echo(f"actions ({actions['dims']} dims, {source['fps']} fps):")
         for d in range(actions["dims"]):
             name = actions["names"][d] if actions.get("names") else f"action[{d}]"
             kind = actions["kinds"][d]
@@ -326,15 +542,15 @@ def info(path: str, as_json: bool) -> None:
                 else "continuous"
             )
             gripper = " (gripper)" if (actions.get("gripper") or {}).get("index") == d else ""
-            click.echo(
+            _echo(
                 f"  {name}{gripper}: [{_g(actions['min'][d])}, {_g(actions['max'][d])}] "
                 f"mean {_g(actions['mean'][d])} std {_g(actions['std'][d])}, {shape}"
             )
-    click.echo("tensors:")
+    _echo("tensors:")
     width = max(len(k) for k in meta["tensors"])
     for name, t in meta["tensors"].items():
         note = f"  -> {_RANGE_TEXT[meta['ranges'][name]['output']]}" if name in meta["ranges"] else ""
-        click.echo(f"  {name:<{width}}  {t['dtype']:<8} {t['shape']}{note}")
+        _echo(f"  {name:<{width}}  {t['dtype']:<8} {t['shape']}{note}")
 
 
 @cli.command()
@@ -354,7 +570,7 @@ def demo(directory: str | None) -> None:
     """
     from .demo import run_demo
 
-    run_demo(directory, echo=click.echo)
+    run_demo(directory, echo=_echo)
 
 
 @cli.command()
@@ -407,4 +623,5 @@ def check(source: str, config_path: str, processor: str | None, as_json: bool) -
 
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli(prog_name="bufconv")

@@ -267,12 +267,13 @@ def test_output_in_a_folder_root_cannot_write(lerobot_dataset: Callable[..., Pat
 
 
 def test_output_that_is_a_folder(lerobot_dataset: Callable[..., Path], tmp_path: Path) -> None:
-    """`-o FOLDER`: click refuses it as a usage error (exit 2) naming the path."""
-    result = CliRunner().invoke(cli, ["build", str(lerobot_dataset()), "-o", str(tmp_path)])
-    assert result.exit_code == 2
-    assert str(tmp_path) in result.stderr
-    assert "Traceback" not in result.stderr
-    assert sorted(tmp_path.iterdir()) == []
+    """`-o FOLDER` (an existing folder) and `-o NEW/` (a trailing slash) mean FOLDER/offline_buffer.pt."""
+    for output, folder in ((str(tmp_path), tmp_path), (f"{tmp_path / 'new'}/", tmp_path / "new")):
+        result = CliRunner().invoke(cli, ["build", str(lerobot_dataset()), "-o", output, "--workers", "1"])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith(f"built {folder / 'offline_buffer.pt'}:"), result.stdout
+        assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["offline_buffer.pt"]
+        assert bufconv.verify(folder / "offline_buffer.pt").ok
 
 
 def test_repo_id_not_on_disk_while_offline(

@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner, Result
 
 import bufconv
+import bufconv.cache.header
 import bufconv.cache.reader
 import bufconv.convert.pipeline
 import bufconv.convert.units
@@ -74,7 +75,7 @@ def cache_copy(cache: Path, tmp_path: Path) -> Path:
 
 def test_group_and_every_command_have_help_text() -> None:
     """`bufconv --help` and `bufconv <cmd> --help` exit 0 and show each command's docstring."""
-    assert set(cli.commands) == {"build", "verify", "info", "demo", "check"}
+    assert set(cli.commands) == {"build", "verify", "info", "demo", "check", "inspect"}
     top = invoke("--help")
     assert top.exit_code == 0, top.output
     assert cli.help and cli.help.strip()
@@ -97,7 +98,7 @@ def test_console_script_runs_in_a_subprocess(tmp_path: Path) -> None:
         [str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    for name in ("build", "verify", "info", "demo"):
+    for name in ("build", "verify", "info", "demo", "inspect"):
         assert re.search(rf"^\s+{name}\b", done.stdout, re.MULTILINE), done.stdout
     version = subprocess.run(
         [str(script), "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
@@ -269,20 +270,31 @@ def test_info_text(cache: Path) -> None:
 
 
 def test_info_json(cache: Path) -> None:
-    """`info PATH --json` prints valid JSON whose meta holds frames, ranges, episodes, tensors, fingerprint."""
+    """`info PATH --json` prints the header's fields as documented: frames, ranges (in the shape
+    `verify --json` uses), episodes, tensors, fingerprint; source files with ISO 8601 times
+    instead of raw nanosecond stats."""
     result = invoke("info", str(cache), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["path"] == str(cache)
+    assert report["kind"] == "bufconv-cache" and report["format_version"] == 1
     assert report["file_bytes"] == cache.stat().st_size
-    meta = report["meta"]
-    assert {"frames", "ranges", "episodes", "tensors", "fingerprint"} <= set(meta)
-    assert meta == bufconv.cache.reader.read_header(cache)
-    assert meta["frames"] == 16
-    assert meta["ranges"][FRONT] == {"storage": "uint8", "output": 1}
-    assert [row["length"] for row in meta["episodes"]] == [5, 1, 7, 3]
-    assert meta["tensors"][FRONT]["shape"] == [16, 3, 48, 64]
-    assert meta["fingerprint"].startswith("sha256:")
+    meta = bufconv.cache.reader.read_header(cache)
+    for key in ("frames", "ranges", "episodes", "tensors", "fingerprint", "source", "keys", "created"):
+        assert report[key] == meta[key], key
+    assert report["frames"] == 16
+    assert report["ranges"][FRONT] == {"storage": "uint8", "output": 1}
+    assert report["ranges"] == json.loads(invoke("verify", str(cache), "--json").stdout)["ranges"]
+    assert [row["length"] for row in report["episodes"]] == [5, 1, 7, 3]
+    assert report["tensors"][FRONT]["shape"] == [16, 3, 48, 64]
+    assert report["fingerprint"].startswith("sha256:")
+    assert "source_stats" not in report and "fingerprint_inputs" not in report
+    assert report["options"] == meta["fingerprint_inputs"]["options"]
+    files = report["source_files"]
+    assert set(files) == set(meta["fingerprint_inputs"]["source"]["files"])
+    for rel, entry in files.items():
+        assert entry["digest"].startswith("xxh3_128:") and entry["size"] > 0, rel
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", entry["modified"]), entry
 
 
 def test_info_does_not_read_pixel_data(cache_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,7 +312,7 @@ def test_info_does_not_read_pixel_data(cache_copy: Path, monkeypatch: pytest.Mon
     payloads = [layout.records[name] for name in layout.records if name.startswith("data/")]
 
     spans_read: list[tuple[int, int]] = []
-    real_checksum_spans = bufconv.cache.reader.checksum_spans
+    real_checksum_spans = bufconv.cache.header.checksum_spans
 
     def spy(path: object, spans: list[tuple[int, int]]) -> str:
         spans_read.extend(spans)
@@ -309,7 +321,8 @@ def test_info_does_not_read_pixel_data(cache_copy: Path, monkeypatch: pytest.Mon
     def forbidden(*args: object, **kwargs: object) -> list[str]:
         raise AssertionError("info verified tensor checksums")
 
-    monkeypatch.setattr(bufconv.cache.reader, "checksum_spans", spy)
+    monkeypatch.setattr(bufconv.cache.header, "checksum_spans", spy)  # the integrity digest
+    monkeypatch.setattr(bufconv.cache.reader, "checksum_spans", spy)  # tensor checksums
     monkeypatch.setattr(bufconv.cache.reader, "mismatched_tensors", forbidden)
     for args in (["info", str(cache_copy)], ["info", str(cache_copy), "--json"]):
         result = invoke(*args)

@@ -12,6 +12,7 @@ frames being written, never a float copy or a second copy of them.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +43,10 @@ from .workers import WorkerPool
 log = logging.getLogger("bufconv")
 
 Progress = Callable[[int], None]
+"""Receives the frames decoded of one camera; `progress.phase(name)`, if it has one, the phase."""
+
+#: The file name a cache gets in a folder given as the output.
+DEFAULT_CACHE_NAME = "offline_buffer.pt"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,22 @@ class BuildResult:
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else math.inf
 
+    def to_json(self) -> dict[str, Any]:
+        """What `bufconv build --json` prints; `status` in load_or_build's words: "hit" (already
+        up to date, nothing decoded), "built" or "rebuilt" (with the `reasons`)."""
+        return {
+            "status": "hit" if self.status == "fresh" else self.status,
+            "reasons": list(self.reasons),
+            "path": str(self.path),
+            "frames": self.frames,
+            "episodes": self.episodes,
+            "seconds": round(self.seconds, 3),
+            "file_bytes": self.file_bytes,
+            "payload_bytes": self.payload_bytes,
+            "ranges": {key: {"storage": "uint8", "output": value} for key, value in self.ranges.items()},
+            "fingerprint": self.fingerprint,
+        }
+
 
 def ensure(
     request: Request,
@@ -88,20 +110,19 @@ def ensure(
     """
     if on_stale not in ("rebuild", "error"):
         raise ValueError(f"on_stale must be 'rebuild' or 'error'; got {on_stale!r}")
-    path = Path(path).expanduser().absolute()
-    if path.is_dir():
-        raise CacheError(
-            f"{path}: is a folder; give the cache a file name, e.g. {path / 'offline_buffer.pt'}", path=path
-        )
+    path = cache_file(path)
     started = time.perf_counter()
     known = None
     if not force:
+        _phase(progress, "hashing")
         state = check_freshness(request, path, verify_payload=verify_payload)
         if state.fresh:
+            _clear_debris(path)
             return _result(path, "fresh", started, state, state.cache)
         known = state.fingerprint.known()
     with _parent_folder(path), locked(path, timeout=lock_timeout):
         remove_stale_temps(path)
+        _phase(progress, "hashing")
         # Again under the lock: a concurrent builder may just have written a fresh cache. The
         # source digests just taken are reused; a forced rebuild skips the old payload checksums.
         state = check_freshness(request, path, verify_payload=verify_payload and not force, known=known)
@@ -121,6 +142,32 @@ def ensure(
         _write(request, path, state.fingerprint, progress)
         built = read_cache(path, verify_payload=False)  # still under the lock: the file just written
     return _result(path, "rebuilt" if state.exists else "built", started, state, built)
+
+
+def cache_file(output: str | os.PathLike[str]) -> Path:
+    """The cache file `output` names: an existing folder, or a path ending in a separator, means
+    `<folder>/offline_buffer.pt`."""
+    path = Path(output).expanduser().absolute()
+    if path.is_dir() or os.fspath(output).endswith((os.sep, "/")):
+        return path / DEFAULT_CACHE_NAME
+    return path
+
+
+def _clear_debris(path: Path) -> None:
+    """Remove what a killed builder of `path` left (its temporary file, its lock file), unless a
+    live builder holds the lock or the folder is read-only. Costs a directory listing when
+    there is nothing to remove."""
+    if not any(path.parent.glob(f".{glob.escape(path.name)}.*")):
+        return
+    with contextlib.suppress(CacheError), locked(path, timeout=0):
+        remove_stale_temps(path)
+
+
+def _phase(progress: Progress | None, name: str) -> None:
+    """Tell a progress display which phase the build is in ("hashing", "decoding", "writing")."""
+    phase = getattr(progress, "phase", None)
+    if phase is not None:
+        phase(name)
 
 
 @contextlib.contextmanager
@@ -191,26 +238,54 @@ def build(
         image_range=image_range, keys=keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
         crop=crop, resize=resize,
     )  # fmt: skip
-    request = prepare(dataset, options)
     if progress is True:
-        with _progress_bar(request) as bar:
+        with _ProgressBar() as bar:
+            request = prepare(dataset, options)
+            bar.start(request)
             return ensure(request, output, force=force, progress=bar)
-    return ensure(request, output, force=force, progress=progress or None)
+    return ensure(prepare(dataset, options), output, force=force, progress=progress or None)
 
 
-class _progress_bar:
-    def __init__(self, request: Request) -> None:
+class _ProgressBar:
+    """The progress line of `bufconv build` on stderr: the phase (reading metadata, hashing the
+    source files, decoding, writing), and the frames decoded so far, counted as the summary
+    counts them (a frame of two cameras is one frame)."""
+
+    def __init__(self) -> None:
         from tqdm import tqdm
 
-        sel = request.selection
-        total = sum(request.source.episodes[e].length for e in sel.episodes) * max(1, len(sel.image_keys))
-        self.bar = tqdm(total=total, unit="frame", desc="decoding", leave=False, dynamic_ncols=True)
+        self.bar = tqdm(total=None, desc="reading metadata", unit="frame", leave=False, dynamic_ncols=True)
+        self.cameras = 1
+        self.decoded = 0
+        """Frames decoded, summed over cameras."""
 
-    def __enter__(self) -> Progress:
-        return self.bar.update
+    def start(self, request: Request) -> None:
+        sel = request.selection
+        self.cameras = max(1, len(sel.image_keys))
+        self.bar.total = sum(request.source.episodes[e].length for e in sel.episodes)
+        self.bar.refresh()
+
+    def phase(self, name: str) -> None:
+        self.bar.set_description_str(name)
+
+    def __call__(self, frames: int) -> None:
+        """`frames` of one camera were decoded."""
+        self.decoded += frames
+        self.bar.update(self.decoded // self.cameras - self.bar.n)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
+
+
+@contextlib.contextmanager
+def _progress_bar(request: Request) -> Iterator[_ProgressBar]:
+    """The progress bar of a build whose request is already prepared (`load_or_build`'s)."""
+    with _ProgressBar() as bar:
+        bar.start(request)
+        yield bar
 
 
 def _result(
@@ -319,10 +394,12 @@ def _write_with(
             processes=pool.size if pool else 0,
         )
         checksums: dict[str, str] = {}
+        _phase(progress, "decoding")
         if pool is not None:
             pool.run(units, run_unit, (lambda _unit, n: progress(n)) if progress else None)
         else:
             checksums = run_here(units, (lambda _episode, n: progress(n)) if progress else None)
+        _phase(progress, "writing")
         writer.seal(meta, checksums)
         writer.commit()
 
