@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -453,7 +454,7 @@ def inspect(
 
 
 @cli.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 @click.option("--dataset", help="Also check the cache is fresh for this dataset.")
 @click.option(
     "--range", "image_range", type=RANGE, default=None, help="The range you expect the cache to declare."
@@ -462,15 +463,16 @@ def inspect(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
 def verify(path: str, dataset: str | None, image_range: str | None, quick: bool, as_json: bool) -> None:
-    """Check a cache (or any .pt file) and report problems. Exit 0: none; 1: problems.
+    """Check a cache (or any .pt file, or an online buffer's folder) and report problems. Exit 0: none; 1: problems.
 
     Safe on untrusted files: they are opened with weights_only=True and never executed. For a
     file bufconv did not write, the value ranges of image-like tensors are reported, which
-    shows an old double-normalized buffer.
+    shows an old double-normalized buffer. A buffer folder's segments are checked one by one.
 
     \b
-    Example:
+    Examples:
       bufconv verify offline_buffer.pt --dataset me/pick_cube --range 255
+      bufconv verify outputs/train/online_buffer
     """
     from .cache.verification import verify as run_verify
 
@@ -495,7 +497,7 @@ def verify(path: str, dataset: str | None, image_range: str | None, quick: bool,
 
 
 @cli.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
 @handle_errors
 def info(path: str, as_json: bool) -> None:
@@ -504,12 +506,19 @@ def info(path: str, as_json: bool) -> None:
     --json prints the header's fields, with the source files' modification times as ISO 8601
     and the ranges as {key: {"storage": "uint8", "output": 1 | 255}}, as `verify --json`.
 
+    An online buffer's folder is summarised from its manifest.
+
     \b
-    Example:
+    Examples:
       bufconv info offline_buffer.pt --json
+      bufconv info outputs/train/online_buffer
     """
     from .cache.header import read_header, summarize
+    from .cache.segments import is_buffer_folder
 
+    if is_buffer_folder(path):
+        _folder_info(path, as_json)
+        return
     meta = read_header(path)
     if as_json:
         _echo(json.dumps(summarize(path, meta), indent=2))
@@ -551,6 +560,66 @@ def info(path: str, as_json: bool) -> None:
     for name, t in meta["tensors"].items():
         note = f"  -> {_RANGE_TEXT[meta['ranges'][name]['output']]}" if name in meta["ranges"] else ""
         _echo(f"  {name:<{width}}  {t['dtype']:<8} {t['shape']}{note}")
+
+
+def _folder_info(path: str, as_json: bool) -> None:
+    from .cache.segments import summary
+
+    data = summary(path)
+    if as_json:
+        _echo(json.dumps(data, indent=2))
+        return
+    if _flag("quiet"):
+        return
+    _echo(
+        f"{path}: bufconv {data['kind']} buffer, format {data['format_version']} (bufconv {data['bufconv_version']}), "
+        f"checkpoint {data['checkpoint']}{', ' + data['updated'] if data.get('updated') else ''}"
+    )
+    _echo(
+        f"transitions: {data['transitions']:,} of capacity {data['capacity']:,} in {data['frames']:,} frames; "
+        f"{data['segments']} segment(s), {_size(data['bytes'])}"
+    )
+    images = data["keys"].get("images", [])
+    _echo(f"ranges: {_ranges({k: data['image_range'] for k in images})}")
+    frames = (data.get("schema") or {}).get("frames", {})
+    if frames:
+        _echo("frames:")
+        width = max(len(k) for k in frames)
+        for name, column in frames.items():
+            _echo(f"  {name:<{width}}  {column['dtype']:<8} {column['shape']}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option(
+    "--lerobot",
+    "root",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The LeRobot dataset folder to write (must not exist).",
+)
+@click.option("--repo-id", help="The dataset's repo id (default: bufconv/<folder name>).")
+@click.option("--fps", type=click.IntRange(min=1), help="Frames per second (default: the cache's, or 10).")
+@handle_errors
+def export(path: str, root: str, repo_id: str | None, fps: int | None) -> None:
+    """Write a buffer (a cache, or an online buffer's folder) as a LeRobot dataset. Needs LeRobot.
+
+    Images are written as uint8 PNG `image` features, an episode ends where a transition is done
+    or truncated, as LeRobot's learner writes its buffers. A folder is read at its last
+    checkpoint, without disturbing a learner that is writing it.
+
+    \b
+    Example:
+      bufconv export outputs/train/online_buffer --lerobot exported/online
+    """
+    from .buffer.export import export_lerobot
+
+    started = time.perf_counter()
+    _, count = export_lerobot(path, root, repo_id=repo_id, fps=fps)
+    if not _flag("quiet"):
+        _echo(
+            f"exported {count:,} transitions from {path} to {root} in {time.perf_counter() - started:.1f} s"
+        )
 
 
 @cli.command()

@@ -90,7 +90,7 @@ def export_lerobot(
         CacheError: `root` exists, or `path` is not a bufconv buffer.
         ImportError: LeRobot is not installed.
     """
-    from ..cache.segments import is_buffer_folder
+    from ..cache.segments import is_buffer_folder, read_manifest
     from ..errors import CacheError
     from .loader import open_buffer
     from .online import OnlineBuffer
@@ -100,7 +100,8 @@ def export_lerobot(
         raise CacheError(f"{target}: already exists; export into a new folder", path=target)
     buffer: Any
     if is_buffer_folder(path):
-        buffer = OnlineBuffer(path=path, read_only=True, use_drq=False)
+        image_range = int(read_manifest(Path(path))["image_range"])
+        buffer = OnlineBuffer(path=path, image_range=image_range, read_only=True, use_drq=False)
         default_fps = 10
     else:
         buffer = open_buffer(path, use_drq=False)

@@ -20,15 +20,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .. import errors as E
 from ..errors import CacheError, InvalidCacheError, Problem, unwritable_folder
-from .reader import CacheFile, TensorSpec, mismatched_tensors, open_archive
-from .writer import CacheWriter, fsync_dir
+
+if TYPE_CHECKING:  # segments are read and written with torch; the manifest alone needs none (`info`)
+    import torch
+
+    from .reader import CacheFile
 
 FOLDER_FORMAT = "bufconv.online_buffer"
 SEGMENT_FORMAT = "bufconv.online_segment"
@@ -103,6 +104,9 @@ def write_segment(
     Raises:
         CacheError: the folder is not writable or full.
     """
+    from .reader import TensorSpec
+    from .writer import CacheWriter
+
     name = segment_name(checkpoint)
     tensors = {f"frames/{k}": v for k, v in frames.items()}
     tensors.update({f"transitions/{k}": v for k, v in transitions.items()})
@@ -153,7 +157,7 @@ def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        fsync_dir(folder)
+        _fsync_dir(folder)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -216,6 +220,8 @@ def open_folder(folder: str | os.PathLike[str], *, verify_payload: bool = True) 
     Raises:
         InvalidCacheError: the manifest itself is missing, unreadable or of another format.
     """
+    from .reader import CacheFile, mismatched_tensors, open_archive
+
     path = Path(folder)
     manifest = read_manifest(path)
     opened = Opened(path, manifest, [])
@@ -277,6 +283,8 @@ def _disagreement(segment: Segment, cache: CacheFile) -> Problem | None:
 
 def _transitions_in(path: Path) -> int:
     """Transitions in an uncommitted segment file, if its header can be read (0 if not)."""
+    from .reader import open_archive
+
     try:
         top, _ = open_archive(path, format=SEGMENT_FORMAT)
         return int(top["meta"]["transitions"])
@@ -334,3 +342,9 @@ def summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "segments": len(segments),
         "bytes": sum(s.bytes for s in segments),
     }
+
+
+def _fsync_dir(folder: Path) -> None:
+    from .writer import fsync_dir
+
+    fsync_dir(folder)
