@@ -43,8 +43,16 @@ def segment_name(checkpoint: int) -> str:
 
 
 def is_buffer_folder(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is a folder holding an online buffer's manifest."""
-    return (Path(path) / MANIFEST).is_file()
+    """Whether `path` is a folder holding an online buffer's manifest (not another kind of folder
+    with a manifest.json, such as a sharded cache)."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True  # a damaged manifest of ours, most likely: `read_manifest` says what is wrong
+    return not isinstance(data, dict) or data.get("format") in (FOLDER_FORMAT, None)
 
 
 @dataclass(frozen=True)
