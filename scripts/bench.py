@@ -16,7 +16,8 @@ verifying its checksums, so its peak counts those (reclaimable page cache, not a
 Measurements:
   lerobot            ReplayBuffer.from_lerobot_dataset (as the learner calls it), then sample(256)
   floor              PyAV decode of every video file once, front to back, to rgb24 (the decoder's limit)
-  build_1, build_all bufconv build with 1 worker / all cores (and build_1_progress: with a progress bar),
+  build_1, build_all bufconv build with 1 worker / all cores (and build_1_progress: with a progress bar;
+                     build_1_resize: with --resize RESIZE, LeRobot's antialiased bilinear resize),
                      timed after the imports a build needs (reported apart, as the floor's `import av`)
   warm               load_or_build on a fresh cache (a hit) plus the first sample(256)
   sample             bufconv sample(256): float32 (CPU learner) and uint8 (GPU learner's host side)
@@ -41,6 +42,7 @@ from typing import Any
 EPISODE_LENGTH = 100
 CAMERAS = ("observation.images.front", "observation.images.wrist")
 IMAGE = (128, 128)
+RESIZE = (64, 64)  # build_1_resize: every camera resized while building (bufconv build --resize 64,64)
 BATCH = 256
 
 
@@ -172,7 +174,10 @@ def measure(name: str, dataset: str, cache: str, workers: int) -> dict[str, Any]
         # the build a few percent of a core, so a 1-worker build uses the kernel's peak instead).
         tree = TreeRss() if workers > 1 else None
         tree_baseline = TreeRss.tree_mb(os.getpid())
-        result = bufconv.build(dataset, cache, image_range=1, workers=workers, force=True, progress=progress)
+        resize = RESIZE if name.endswith("resize") else None
+        result = bufconv.build(
+            dataset, cache, image_range=1, workers=workers, force=True, progress=progress, resize=resize
+        )
         out.update(
             seconds=result.seconds,
             frames=result.frames,
@@ -395,11 +400,24 @@ def main() -> None:
     print(f"dataset {dataset}; {cores} cores; {platform.processor() or platform.machine()}", flush=True)
 
     results: dict[str, Any] = {}
-    names = ["floor", "build_1", "build_1_progress", "build_all", "warm", "sample", "iterator"]
+    names = [
+        "floor",
+        "build_1",
+        "build_1_progress",
+        "build_1_resize",
+        "build_all",
+        "warm",
+        "sample",
+        "iterator",
+    ]
     if not args.no_lerobot:
         names.insert(0, "lerobot")
     for name in names:
-        repeat = args.repeat if name in ("floor", "build_1", "build_1_progress", "build_all") else 1
+        repeat = (
+            args.repeat
+            if name in ("floor", "build_1", "build_1_progress", "build_1_resize", "build_all")
+            else 1
+        )
         runs = [
             run_measurement(name, args, dataset, cache, cores if name == "build_all" else 1)
             for _ in range(repeat)
@@ -429,6 +447,10 @@ def summarize(results: dict[str, Any], cores: int) -> dict[str, Any]:
         / floor["seconds_default_threads"],
         f"build {cores} workers / decode floor": build_all["seconds"] / floor["seconds"],
         "build 1 worker with progress bar / quiet": results["build_1_progress"]["seconds"]
+        / build_1["seconds"],
+        f"build 1 worker with --resize {RESIZE[0]},{RESIZE[1]} / without": results["build_1_resize"][
+            "seconds"
+        ]
         / build_1["seconds"],
         "build 1 worker peak RSS above baseline / uint8 payload": build_1["peak_above_baseline_mb"]
         / payload_mb,
@@ -484,6 +506,11 @@ def summarize(results: dict[str, Any], cores: int) -> dict[str, Any]:
         "bufconv build, 1 worker, progress bar",
         results["build_1_progress"]["seconds"],
         results["build_1_progress"]["peak_above_baseline_mb"],
+    )
+    row(
+        f"bufconv build, 1 worker, --resize {RESIZE[0]},{RESIZE[1]}",
+        results["build_1_resize"]["seconds"],
+        results["build_1_resize"]["peak_above_baseline_mb"],
     )
     row(
         f"bufconv build, {cores} workers (RSS of all processes)",

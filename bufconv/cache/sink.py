@@ -158,10 +158,12 @@ class RowSink:
         if self._run is None:
             self._run = self._free.get()
             self._first, self._count = row, 0  # `_later` was emptied by the last flush
-        if callable(frame):
+        if callable(frame) and self.transform is None:
             self._later.append((self._count, frame))
         else:
-            self._run[self._count] = frame
+            # With a transform the writer thread has the resize to do: the colour conversion
+            # runs here, on the decoding thread, so the two threads carry similar loads.
+            self._run[self._count] = frame() if callable(frame) else frame
         self._count += 1
 
     def _flush(self) -> None:
