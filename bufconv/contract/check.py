@@ -294,7 +294,7 @@ def _check_gripper(data: DataFacts, config: TrainingConfig, report: CheckReport)
     if gripper["kind"] == "discrete":
         found = "discrete {" + ", ".join(f"{v:g}" for v in gripper["values"]) + "}"
     else:
-        found = f"continuous in [{column.min():g}, {column.max():g}]"
+        found = f"continuous in [{column.min():.4g}, {column.max():.4g}]"
     details: dict[str, Any] = {"axis": index, "expected": spec.describe(), "found": found}
     if spec.kind == "discrete":
         allowed = np.isin(column, np.asarray(spec.values))
