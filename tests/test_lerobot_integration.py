@@ -225,7 +225,12 @@ def _lerobot_learner() -> types.ModuleType:
 
 
 def _restore_learner_after_test(monkeypatch: pytest.MonkeyPatch, learner: types.ModuleType) -> None:
-    for name in ("initialize_offline_replay_buffer", "initialize_replay_buffer", "save_training_checkpoint"):
+    for name in (
+        "initialize_offline_replay_buffer",
+        "initialize_replay_buffer",
+        "save_training_checkpoint",
+        "make_policy",  # main() guards the policy's encoders
+    ):
         monkeypatch.setattr(learner, name, getattr(learner, name))  # monkeypatch restores them
 
 

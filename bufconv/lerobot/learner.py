@@ -1,23 +1,37 @@
 """LeRobot's learner with bufconv's buffers: same arguments as `python -m lerobot.rl.learner`.
 
-python -m bufconv.lerobot.learner --config_path train_config.json
+python -m bufconv.lerobot.learner --config_path train_config.json [--bufconv.image_range=255]
 
 The offline buffer is served from a cache (`initialize_offline_replay_buffer`), the online one
-is a `bufconv.OnlineBuffer` (`initialize_replay_buffer`), and checkpoints commit both buffers
-with `checkpoint()` instead of rewriting them as LeRobot datasets; everything else is LeRobot's.
+is a `bufconv.OnlineBuffer` (`initialize_replay_buffer`), checkpoints commit both buffers
+with `checkpoint()` instead of rewriting them as LeRobot datasets, and the policy's image
+encoders check every batch against the range; everything else is LeRobot's. Options (see
+`bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`, `--bufconv.hook`, and
+`--bufconv.buffers=lerobot`, which keeps LeRobot's own buffers (to compare with them).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
+from .entry import guarded_make_policy, parse_bool, parse_range, run_hooks, split_options
 from .offline import initialize_offline_replay_buffer
 from .online import initialize_replay_buffer, wrap_save_training_checkpoint
 
+OPTIONS = ("image_range", "guard", "hook", "buffers")
 
-def install(module: Any = None, *, online: bool = True) -> Any:
-    """Make LeRobot's learner use bufconv's buffers.
+
+def install(
+    module: Any = None,
+    *,
+    online: bool = True,
+    image_range: int | None = None,
+    guard: bool = False,
+    buffers: bool = True,
+) -> Any:
+    """Make LeRobot's learner use bufconv's buffers (and check what its encoders see).
 
     Replaces `initialize_offline_replay_buffer`, and with `online` (where the module has them)
     `initialize_replay_buffer` and the buffer part of `save_training_checkpoint` (buffers are
@@ -26,6 +40,10 @@ def install(module: Any = None, *, online: bool = True) -> Any:
     Args:
         module: The learner module to patch (default: the installed LeRobot's).
         online: Also replace the online buffer and the checkpoint's buffer part.
+        image_range: The range for both buffers and the guard (default: the config's).
+        guard: Wrap the module's `make_policy` so that every forward of the policy's image
+            encoders is range-checked (`bufconv.guard_encoder`).
+        buffers: Replace the buffers (False keeps LeRobot's own, for comparisons).
 
     Returns:
         The patched module.
@@ -36,10 +54,22 @@ def install(module: Any = None, *, online: bool = True) -> Any:
         module = learner_module()
     if not hasattr(module, "initialize_offline_replay_buffer"):
         raise ImportError(f"{module.__name__} has no initialize_offline_replay_buffer to replace")
-    module.initialize_offline_replay_buffer = initialize_offline_replay_buffer
+    if guard and hasattr(module, "make_policy"):
+        module.make_policy = guarded_make_policy(module.make_policy, image_range)
+    if not buffers:
+        return module
+    module.initialize_offline_replay_buffer = (
+        initialize_offline_replay_buffer
+        if image_range is None
+        else functools.partial(initialize_offline_replay_buffer, image_range=image_range)
+    )
     if online:
         if hasattr(module, "initialize_replay_buffer"):
-            module.initialize_replay_buffer = initialize_replay_buffer
+            module.initialize_replay_buffer = (
+                initialize_replay_buffer
+                if image_range is None
+                else functools.partial(initialize_replay_buffer, image_range=image_range)
+            )
         save = getattr(module, "save_training_checkpoint", None)
         if save is not None and not hasattr(save, "__wrapped__"):
             module.save_training_checkpoint = wrap_save_training_checkpoint(save)
@@ -48,8 +78,17 @@ def install(module: Any = None, *, online: bool = True) -> Any:
 
 def main() -> None:
     try:
-        module = install()
-    except ImportError as e:
+        options, sys.argv[1:] = split_options(sys.argv[1:], OPTIONS)
+        buffers = (options.get("buffers") or ["bufconv"])[-1]
+        if buffers not in ("bufconv", "lerobot"):
+            raise ValueError(f"--bufconv.buffers: expected bufconv or lerobot; got {buffers!r}")
+        module = install(
+            image_range=parse_range(options.get("image_range")),
+            guard=parse_bool((options.get("guard") or ["true"])[-1], "guard"),
+            buffers=buffers == "bufconv",
+        )
+        run_hooks(options.get("hook", []), module)
+    except (ImportError, ValueError) as e:
         sys.exit(f"bufconv: error: {e}")
     module.train_cli()
 

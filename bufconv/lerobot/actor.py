@@ -1,0 +1,126 @@
+"""LeRobot's actor, with live images in the learner's range: same arguments as `python -m lerobot.rl.actor`.
+
+python -m bufconv.lerobot.actor --config_path train_config.json [--bufconv.image_range=255]
+
+Three things differ from LeRobot's own actor:
+
+- the env processor gets `ImageRangeProcessorStep(image_range)` right after LeRobot's
+  `VanillaObservationProcessorStep`, so live images leave the actor in the range the learner's
+  buffers and encoder use (and are checked there): LeRobot's config has no place for a step of
+  one's own;
+- the policy's image encoders check what they see (`--bufconv.guard`, default true);
+- when the learner goes away (killed, restarted with `resume=true`), the actor reconnects to it
+  and goes on sending transitions: LeRobot 0.6.1's streaming threads end at the first gRPC
+  error, so its actor keeps stepping the env for nobody.
+
+Options as for the learner (`bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`,
+`--bufconv.hook`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any
+
+from .entry import guarded_make_policy, parse_bool, parse_range, run_hooks, split_options
+
+log = logging.getLogger("bufconv")
+
+ACTOR_MODULES = ("lerobot.rl.actor", "lerobot.scripts.rl.actor")
+OPTIONS = ("image_range", "guard", "hook")
+#: The actor's streaming functions, each run in its own thread/process until shutdown.
+STREAMS = ("send_transitions", "send_interactions", "receive_policy")
+RECONNECT_DELAY_S = 2.0
+
+
+def with_range_step(make_processors: Any, image_range: int) -> Any:
+    """LeRobot's `make_processors`, whose env processor puts images in `image_range` and checks them."""
+    if hasattr(make_processors, "__wrapped__"):
+        return make_processors
+
+    @functools.wraps(make_processors)
+    def make_ranged_processors(*args: Any, **kwargs: Any) -> Any:
+        from .processor import ImageRangeProcessorStep
+
+        env_processor, action_processor = make_processors(*args, **kwargs)
+        steps = list(env_processor.steps)
+        names = [type(step).__name__ for step in steps]
+        at = (
+            names.index("VanillaObservationProcessorStep") + 1
+            if "VanillaObservationProcessorStep" in names
+            else 0
+        )
+        steps.insert(at, ImageRangeProcessorStep(image_range=image_range))
+        env_processor.steps = steps
+        log.info("bufconv: env processor: %s", " -> ".join(type(step).__name__ for step in steps))
+        return env_processor, action_processor
+
+    return make_ranged_processors
+
+
+def reconnecting(stream: Any) -> Any:
+    """One of the actor's streaming functions, run again after the learner went away.
+
+    Each is `f(cfg, queue, shutdown_event, ...)` and returns when its gRPC call ends (a lost
+    learner ends it with an error that LeRobot logs); it is started again, every
+    `RECONNECT_DELAY_S`, until the shutdown event is set. The gRPC channel reconnects by itself.
+    """
+    if hasattr(stream, "__wrapped__"):
+        return stream
+
+    @functools.wraps(stream)
+    def run(cfg: Any, queue: Any, shutdown_event: Any, *args: Any, **kwargs: Any) -> None:
+        while True:
+            stream(cfg, queue, shutdown_event, *args, **kwargs)
+            if shutdown_event.is_set() or shutdown_event.wait(RECONNECT_DELAY_S):
+                return
+            log.warning("bufconv: %s: the learner went away; reconnecting", stream.__name__)
+
+    return run
+
+
+def install(module: Any = None, *, image_range: int = 1, guard: bool = False, reconnect: bool = True) -> Any:
+    """Make LeRobot's actor send images in `image_range`, check them, and survive learner restarts.
+
+    Args:
+        module: The actor module to patch (default: the installed LeRobot's).
+        image_range: The range of the learner's buffers and encoder (1 or 255).
+        guard: Range-check every forward of the policy's image encoders.
+        reconnect: Restart the streaming functions when the learner goes away.
+
+    Returns:
+        The patched module.
+    """
+    if module is None:
+        from .compat import import_first
+
+        module = import_first(ACTOR_MODULES, "the LeRobot actor")
+    if not hasattr(module, "make_processors"):
+        raise ImportError(f"{module.__name__} has no make_processors to extend")
+    module.make_processors = with_range_step(module.make_processors, image_range)
+    if guard and hasattr(module, "make_policy"):
+        module.make_policy = guarded_make_policy(module.make_policy, image_range)
+    if reconnect:
+        for name in STREAMS:
+            if hasattr(module, name):
+                setattr(module, name, reconnecting(getattr(module, name)))
+    return module
+
+
+def main() -> None:
+    try:
+        options, sys.argv[1:] = split_options(sys.argv[1:], OPTIONS)
+        module = install(
+            image_range=parse_range(options.get("image_range")) or 1,
+            guard=parse_bool((options.get("guard") or ["true"])[-1], "guard"),
+        )
+        run_hooks(options.get("hook", []), module)
+    except (ImportError, ValueError) as e:
+        sys.exit(f"bufconv: error: {e}")
+    module.actor_cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""What the learner and actor entry points share: `--bufconv.*` options, hooks, the encoder guard.
+
+`python -m bufconv.lerobot.learner` and `python -m bufconv.lerobot.actor` take LeRobot's own
+arguments plus a few of bufconv's, spelled `--bufconv.NAME=VALUE` and taken out of `sys.argv`
+before LeRobot's parser (which refuses names it does not know) sees the rest:
+
+- `--bufconv.image_range=1|255`: the range images reach the policy in (default: the config's,
+  see `resolve_image_range`; 1 for LeRobot's own policies);
+- `--bufconv.guard=true|false`: check every forward of the policy's image encoders against
+  that range (`bufconv.guard_encoder`; default true);
+- `--bufconv.hook=FILE.py|MODULE` (repeatable): a module imported before LeRobot starts; its
+  `install(module)`, if any, is called with LeRobot's learner or actor module (for probes and
+  for working around bugs of a LeRobot release without editing its files).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from ..options import validate_range
+from ..ranges import guard_encoder
+
+log = logging.getLogger("bufconv")
+
+PREFIX = "--bufconv."
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_USAGE = "expected --bufconv.NAME=VALUE with NAME one of {names}; got {arg!r}"
+
+
+def split_options(argv: Sequence[str], names: Iterable[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Take `--bufconv.NAME=VALUE` (or `--bufconv.NAME VALUE`) out of `argv`.
+
+    Returns:
+        (values per name, in the order given; the other arguments, for LeRobot's parser).
+
+    Raises:
+        ValueError: an unknown NAME, or a NAME without a value.
+    """
+    known = tuple(names)
+    options: dict[str, list[str]] = {}
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith(PREFIX):
+            rest.append(arg)
+            continue
+        name, has_value, value = arg[len(PREFIX) :].partition("=")
+        if not has_value:
+            value = next(args, "")
+        if name not in known or not value:
+            raise ValueError(_USAGE.format(names=", ".join(known), arg=arg))
+        options.setdefault(name, []).append(value)
+    return options, rest
+
+
+def parse_bool(text: str, name: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"--bufconv.{name}: expected true or false; got {text!r}")
+
+
+def parse_range(values: list[str] | None) -> int | None:
+    if not values:
+        return None
+    try:
+        return validate_range(int(values[-1]))
+    except ValueError as e:
+        raise ValueError(f"--bufconv.image_range: {e}") from None
+
+
+def load_hook(spec: str) -> ModuleType:
+    """Import a hook: a `.py` file (by path) or a module name."""
+    if spec.endswith(".py"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ImportError(f"--bufconv.hook: no file {spec}")
+        module_spec = importlib.util.spec_from_file_location(f"bufconv_hook_{path.stem}", path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"--bufconv.hook: cannot import {spec}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        module_spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(spec)
+
+
+def run_hooks(specs: Iterable[str], target: ModuleType) -> None:
+    """Import each hook and call its `install(target)` where it has one."""
+    for spec in specs:
+        hook = load_hook(spec)
+        install = getattr(hook, "install", None)
+        if callable(install):
+            install(target)
+        log.info("bufconv: hook %s loaded", spec)
+
+
+def image_encoders(policy: nn.Module) -> list[nn.Module]:
+    """The image encoders of a LeRobot policy: every `image_encoder` submodule, each once.
+
+    (LeRobot's SAC/Gaussian-actor policies hold one per observation encoder, shared between the
+    actor and the critics when `shared_encoder` is set.)
+    """
+    found: dict[int, nn.Module] = {}
+    for module in policy.modules():
+        encoder = getattr(module, "image_encoder", None)
+        if isinstance(encoder, nn.Module):
+            found.setdefault(id(encoder), encoder)
+    return list(found.values())
+
+
+def guard_policy(policy: nn.Module, image_range: int) -> int:
+    """`guard_encoder` on each of the policy's image encoders; returns how many were guarded."""
+    encoders = image_encoders(policy)
+    for encoder in encoders:
+        guard_encoder(encoder, image_range)
+    if encoders:
+        log.info(
+            "bufconv: %d image encoder(s) of %s check every forward against range %d",
+            len(encoders),
+            type(policy).__name__,
+            image_range,
+        )
+    else:
+        log.warning("bufconv: %s has no image_encoder to guard", type(policy).__name__)
+    return len(encoders)
+
+
+def guarded_make_policy(make_policy: Callable[..., Any], image_range: int | None) -> Callable[..., Any]:
+    """LeRobot's `make_policy`, whose policies check their image encoders' inputs.
+
+    The range is `image_range`, else the one `resolve_image_range` finds in the policy config.
+    """
+    if hasattr(make_policy, "__wrapped__"):
+        return make_policy
+
+    def make_guarded_policy(*args: Any, **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+
+        from .offline import resolve_image_range
+
+        policy = make_policy(*args, **kwargs)
+        policy_cfg = kwargs.get("cfg", args[0] if args else None)
+        guard_policy(policy, resolve_image_range(SimpleNamespace(policy=policy_cfg), image_range))
+        return policy
+
+    make_guarded_policy.__wrapped__ = make_policy  # type: ignore[attr-defined]
+    return make_guarded_policy
