@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv with a Python >= 3.12 and install bufconv into it.
 #   scripts/setup.sh         bufconv and its runtime dependencies (enough for `bufconv demo`)
-#   scripts/setup.sh --dev   plus the test tools and LeRobot 0.6.1, the oracle the tests compare against
+#   scripts/setup.sh --dev   plus the test tools, LeRobot 0.6.1 (the oracle the tests compare against) and gym-hil;
+#                            as root on Debian/Ubuntu it also installs libosmesa6 (headless MuJoCo rendering) if missing
 # Python is looked for in $PYTHON, then python3.14 .. python3.12 on PATH, then pyenv, then uv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,22 @@ else
   rm -rf .venv
   "$base" -m venv .venv
   python=.venv/bin/python
+fi
+
+# The end-to-end test renders gym-hil's MuJoCo cameras headless with OSMesa (EGL needs a GPU), and
+# gym-hil's dependency evdev has no wheel: pip compiles it (a C compiler and the kernel headers).
+if [[ -n "$extras" ]]; then
+  packages=()
+  if ! ldconfig -p 2>/dev/null | grep libOSMesa >/dev/null; then packages+=(libosmesa6); fi
+  if ! command -v cc >/dev/null || [[ ! -e /usr/include/linux/input.h ]]; then packages+=(gcc libc6-dev); fi
+  if [[ ${#packages[@]} -gt 0 ]]; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+      echo "setup: installing ${packages[*]} (for gym-hil and the end-to-end test)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+    else
+      echo "setup: warning: missing ${packages[*]}; gym-hil and the end-to-end test need them (Debian/Ubuntu: sudo apt-get install ${packages[*]})" >&2
+    fi
+  fi
 fi
 
 "$python" -m pip install --quiet --upgrade pip

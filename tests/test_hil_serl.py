@@ -1,0 +1,176 @@
+"""End to end: LeRobot's actor on gym-hil's MuJoCo Panda env, LeRobot's learner on bufconv's buffers.
+
+Real processes talking over LeRobot's gRPC transport on 127.0.0.1, the example config
+(scripts/hil_serl/train_config.json), demonstrations recorded from the same env by LeRobot's own
+writer. What the policy's image encoder sees is recorded from inside the learner, per batch half
+(scripts/hil_serl/encoder_probe.py, a `--bufconv.hook`). Each process runs in its own process
+group and is stopped by it; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from bufconv.cache.segments import summary
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+#: Generous bounds for a shared 2-core machine (a run takes ~1 s per env step there).
+START_S = 240
+STEPS_S = 300
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hil_serl_run", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+hil = _load(ROOT / "scripts" / "hil_serl" / "run.py")
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 scripted episodes of 8 frames from PandaPickCube-v0, written by LeRobot's writer (v3.0, AV1)."""
+    return hil.ensure_demos(tmp_path_factory.mktemp("hil_serl") / "demos")
+
+
+@pytest.fixture
+def processes() -> Iterator[list]:
+    """Started processes; stopped by their process groups whatever the test's outcome."""
+    started: list = []
+    yield started
+    for p in reversed(started):
+        if p.popen.returncode is None:
+            p.stop(grace_s=5)
+    for p in started:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(p.popen.pid, 0)  # nothing of the group is left running
+
+
+def _run(tmp_path: Path, demos: Path, name: str, **config) -> tuple[Path, Path]:
+    run = tmp_path / name
+    run.mkdir()
+    config_path = hil.write_config(
+        run / "train_config.json", dataset=demos, output_dir=run / "train", port=hil.free_port(), **config
+    )
+    return run, config_path
+
+
+def _steps_at_least(probe: Path, n: int, after: float = 0.0):
+    def condition():
+        done = [r for r in hil.steps(hil.read_probe(probe)) if r["t"] > after]
+        return done if len(done) >= n else None
+
+    return condition
+
+
+def _encoder_spans(probe: Path) -> list[dict]:
+    return [r for r in hil.read_probe(probe) if r.get("event") == "encoder" and "online" in r]
+
+
+def test_learner_killed_and_resumed_keeps_its_transitions_and_the_actor_reconnects(
+    tmp_path: Path, demos: Path, processes: list
+) -> None:
+    """Range 255 end to end: >= 20 steps and a checkpoint, SIGKILL, resume=true, the actor goes on."""
+    run, config = _run(tmp_path, demos, "run")
+    probe = run / "probe.jsonl"
+    learner = hil.learner(config, run / "learner.log", probe=probe, image_range=255)
+    processes.append(learner)
+    actor = hil.actor(config, run / "actor.log", run / "actor", image_range=255)
+    processes.append(actor)
+    checkpoint = run / "train" / "checkpoints" / "000020"
+    hil.wait_until(
+        lambda: checkpoint.is_dir() and _steps_at_least(probe, 20)(),
+        START_S + STEPS_S,
+        processes,
+        "20 optimization steps and a checkpoint",
+    )
+    log = learner.tail(10**7)
+    assert "image encoder(s) of GaussianActorPolicy check every forward against range 255" in log
+    assert "ImageRangeProcessorStep" in actor.tail(10**7)  # the actor's env processor carries the step
+    spans = _encoder_spans(probe)
+    assert spans
+    for record in spans:  # every training batch, both halves, in [0,255] (and not [0,1])
+        for half in ("online", "offline"):
+            lo, hi = record[half]
+            assert lo >= 0.0 and 1.0 < hi <= 255.0, record
+
+    learner.kill()  # SIGKILL, as an OOM kill would
+    committed = summary(run / "train" / "online_buffer")["transitions"]
+    assert committed >= 10  # at least the online_step_before_learning transitions
+    killed_at = learner.popen.returncode, len(hil.read_probe(probe))
+    assert killed_at[0] == -9
+
+    resumed_config = hil.write_config(
+        run / "resume_config.json",
+        dataset=demos,
+        output_dir=run / "train",
+        port=hil.read_port(config),
+        resume=True,
+    )
+    restarted = hil.learner(resumed_config, run / "learner-resumed.log", probe=probe, image_range=255)
+    processes.append(restarted)
+    records = hil.wait_until(
+        lambda: [r for r in hil.read_probe(probe)[killed_at[1] :] if r.get("event") == "buffers"],
+        START_S,
+        [restarted, actor],
+        "the resumed learner's buffers",
+    )
+    assert records[0]["online_size"] == committed  # every committed transition is back, nothing more
+    assert "uncommitted transitions dropped" not in restarted.tail(10**7)
+    resumed_from = records[0]["t"]
+    after = hil.wait_until(
+        lambda: [
+            r
+            for r in hil.steps(hil.read_probe(probe))
+            if r["t"] > resumed_from and r["online_size"] > committed
+        ],
+        STEPS_S,
+        [restarted, actor],
+        "new transitions from the reconnected actor",
+    )
+    assert after[0]["step"] > 20  # the optimization step count went on from the checkpoint
+    assert "reconnecting" in actor.tail(10**7)
+    for record in _encoder_spans(probe):
+        for half in ("online", "offline"):
+            lo, hi = record[half]
+            assert lo >= 0.0 and 1.0 < hi <= 255.0, record
+
+
+def test_stock_lerobot_mixes_ranges_in_one_batch_bufconv_does_not(
+    tmp_path: Path, demos: Path, processes: list
+) -> None:
+    """lerobot#4558 side by side, with LeRobot's own actor: the encoder's input per batch half."""
+    seen = {}
+    for name, stock in (("stock", True), ("bufconv", False)):
+        run, config = _run(tmp_path, demos, name)
+        probe = run / "probe.jsonl"
+        pair = [
+            hil.learner(config, run / "learner.log", probe=probe, stock=stock),
+            hil.actor(config, run / "actor.log", run / "actor", lerobot_actor=True),
+        ]
+        processes.extend(pair)
+        hil.wait_until(_steps_at_least(probe, 5), START_S + STEPS_S, pair, f"5 optimization steps ({name})")
+        for p in reversed(pair):
+            p.stop(grace_s=5)
+        seen[name] = hil.halves(hil.read_probe(probe))
+    # LeRobot 0.6.1: the offline half holds floats in [0,255] (video decoded with return_uint8,
+    # never divided), the online half [0,1] from the actor: one batch, two ranges.
+    assert seen["stock"]["offline"][1] > 1.0
+    assert seen["stock"]["online"][1] <= 1.0
+    # bufconv: both halves in [0,1], the range the config implies (and the guard checked it).
+    for half in ("online", "offline"):
+        lo, hi = seen["bufconv"][half]
+        assert lo >= 0.0 and 1.0 / 255.0 < hi <= 1.0, (half, seen)
