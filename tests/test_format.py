@@ -48,6 +48,9 @@ META_KEYS = {
     "frames",
     "keys",
     "ranges",
+    "crop",
+    "resize",
+    "actions",
     "episodes",
     "done_source",
     "source",
@@ -150,6 +153,15 @@ def test_meta_has_exactly_the_documented_keys(top: dict[str, Any], dataset: Path
         {"episode_index": 3, "start": 13, "length": 3},
     ]
     assert meta["done_source"] == "next.done"
+    assert meta["crop"] == {} and meta["resize"] is None
+    actions = meta["actions"]
+    assert set(actions) == {"dims", "names", "min", "max", "mean", "std", "kinds", "gripper"}
+    assert actions["dims"] == 3 and all(len(actions[k]) == 3 for k in ("min", "max", "mean", "std", "kinds"))
+    assert all(
+        kind == {"kind": "continuous", "min": lo, "max": hi}
+        for kind, lo, hi in zip(actions["kinds"], actions["min"], actions["max"], strict=True)
+    )
+    assert actions["gripper"]["index"] == 2 and actions["gripper"]["found_by"] == "last dimension"
     assert set(meta["source"]) == {"root", "repo_id", "codebase_version", "fps", "revision"}
     assert Path(meta["source"]["root"]) == dataset.resolve()
     assert meta["source"]["codebase_version"] == "v3.0"
