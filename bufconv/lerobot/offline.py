@@ -9,10 +9,13 @@ from typing import Any
 
 from ..buffer.loader import load_or_build
 from ..buffer.offline import DEFAULT_CAPACITY, OfflineBuffer
+from ..cache.segments import is_buffer_folder
 from ..options import validate_range
 from .preflight import preflight, preprocessing
 
 log = logging.getLogger("bufconv")
+
+OFFLINE_ADDED_FOLDER = "offline_added"
 
 #: Policy config flags that mean "the encoder divides by 255 itself" (so it wants [0,255] input).
 _SELF_NORMALISING_FLAGS = ("normalise_inputs", "normalize_inputs", "normalize_images", "normalise_images")
@@ -50,10 +53,13 @@ def initialize_offline_replay_buffer(
 ) -> OfflineBuffer:
     """Replace LeRobot's `initialize_offline_replay_buffer(cfg, device, storage_device)`.
 
-    The dataset is `cfg.dataset` (its `root`, else `$HF_LEROBOT_HOME/<repo_id>`; on resume,
-    `<output_dir>/dataset_offline`, as LeRobot does), the state keys are the policy's input
-    features, and the cache lives at `<cfg.output_dir>/offline_buffer.pt`. A fresh cache is
-    memory-mapped in well under a second; a stale one is rebuilt and the reasons are logged.
+    The dataset is `cfg.dataset` (its `root`, else `$HF_LEROBOT_HOME/<repo_id>`), the state keys
+    are the policy's input features, and the cache lives at `<cfg.output_dir>/offline_buffer.pt`.
+    A fresh cache is memory-mapped in well under a second; a stale one is rebuilt and the
+    reasons are logged. Transitions the learner adds (interventions) are checkpointed into
+    `<cfg.output_dir>/offline_added` and resumed from there; the cache is never rewritten. A
+    run checkpointed by stock LeRobot (`<output_dir>/dataset_offline`, no `offline_added`) is
+    resumed from LeRobot's dataset, as LeRobot does.
 
     The images are cropped and resized as the config's env processor does live images
     (`env.processor.image_preprocessing`), and the buffer is checked against the config before
@@ -70,8 +76,12 @@ def initialize_offline_replay_buffer(
             range, bounds, gripper, fps): "error" raises `ContractError`, "warn" logs and goes on.
     """
     dataset_cfg = cfg.dataset
-    if getattr(cfg, "resume", False):
-        dataset: str | Path = Path(cfg.output_dir) / "dataset_offline"
+    output_dir = Path(cfg.output_dir)
+    added = output_dir / OFFLINE_ADDED_FOLDER
+    lerobot_checkpoint = output_dir / "dataset_offline"
+    dataset: str | Path
+    if getattr(cfg, "resume", False) and not is_buffer_folder(added) and lerobot_checkpoint.is_dir():
+        dataset = lerobot_checkpoint
     elif getattr(dataset_cfg, "root", None):
         dataset = Path(dataset_cfg.root)
     else:
@@ -93,6 +103,7 @@ def initialize_offline_replay_buffer(
         use_drq=True,
         crop=crop,
         resize=resize,
+        added_path=added,
     )
     log.info(
         "bufconv offline buffer: %s (%s, %d transitions, images in [0,%d])%s",
@@ -103,23 +114,10 @@ def initialize_offline_replay_buffer(
         f"; rebuilt because {'; '.join(buffer.stale_reasons)}" if buffer.stale_reasons else "",
     )
     preflight(cfg, path, image_range=image_range, on_mismatch=on_mismatch)
+    if len(buffer) > buffer.dataset_transitions:
+        log.info(
+            "bufconv offline buffer: %d added transitions resumed from %s",
+            len(buffer) - buffer.dataset_transitions,
+            added,
+        )
     return buffer
-
-
-def install(module: Any = None) -> Any:
-    """Make LeRobot's learner use `initialize_offline_replay_buffer` from bufconv.
-
-    Args:
-        module: The learner module to patch (default: the installed LeRobot's).
-
-    Returns:
-        The patched module.
-    """
-    if module is None:
-        from .compat import learner_module
-
-        module = learner_module()
-    if not hasattr(module, "initialize_offline_replay_buffer"):
-        raise ImportError(f"{module.__name__} has no initialize_offline_replay_buffer to replace")
-    module.initialize_offline_replay_buffer = initialize_offline_replay_buffer
-    return module
