@@ -10,35 +10,22 @@ from typing import Any
 from ..buffer.loader import load_or_build
 from ..buffer.offline import DEFAULT_CAPACITY, OfflineBuffer
 from ..cache.segments import is_buffer_folder
-from ..options import validate_range
+from ..contract.config import image_range_of
 from .preflight import preflight, preprocessing
 
 log = logging.getLogger("bufconv")
 
 OFFLINE_ADDED_FOLDER = "offline_added"
 
-#: Policy config flags that mean "the encoder divides by 255 itself" (so it wants [0,255] input).
-_SELF_NORMALISING_FLAGS = ("normalise_inputs", "normalize_inputs", "normalize_images", "normalise_images")
-
 
 def resolve_image_range(cfg: Any, image_range: int | None = None) -> int:
-    """The range the learner's policy wants its images in.
+    """The range the learner's policy wants its images in (`bufconv check` reads it the same way).
 
     In order: an explicit `image_range`; `cfg.image_range` or `cfg.policy.image_range`; 255 if
     the policy config sets a flag saying its encoder normalises its own inputs (forks call it
     `normalise_inputs` / `normalize_inputs`); else 1, LeRobot's convention.
     """
-    if image_range is not None:
-        return validate_range(image_range)
-    policy = getattr(cfg, "policy", None)
-    for owner in (cfg, policy):
-        value = getattr(owner, "image_range", None)
-        if value is not None:
-            return validate_range(int(value))
-    for flag in _SELF_NORMALISING_FLAGS:
-        if getattr(policy, flag, False) is True:
-            return 255
-    return 1
+    return image_range_of(cfg, image_range)[0]
 
 
 def initialize_offline_replay_buffer(
