@@ -170,13 +170,23 @@ def test_learner_main_passes_its_options_on(monkeypatch: pytest.MonkeyPatch, tmp
         monkeypatch.setattr(lerobot_learner, name, getattr(lerobot_learner, name))
     hook = tmp_path / "hook.py"
     hook.write_text("def install(module):\n    module.hook_saw = module.initialize_replay_buffer\n")
-    argv = ["learner", "--config_path=c.json", "--bufconv.image_range=255", f"--bufconv.hook={hook}"]
+    argv = [
+        "learner",
+        "--config_path=c.json",
+        "--bufconv.image_range=255",
+        f"--bufconv.hook={hook}",
+        "--bufconv.cache=/data/offline_buffer.pt",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     seen = []
     monkeypatch.setattr(lerobot_learner, "train_cli", lambda: seen.append(list(sys.argv)))
     bufconv_learner.main()
     assert seen == [["learner", "--config_path=c.json"]]
     assert lerobot_learner.initialize_replay_buffer.keywords == {"image_range": 255}
+    assert lerobot_learner.initialize_offline_replay_buffer.keywords == {
+        "image_range": 255,
+        "cache_path": "/data/offline_buffer.pt",  # one cache for every run on the same data
+    }
     assert lerobot_learner.hook_saw is lerobot_learner.initialize_replay_buffer
     assert hasattr(lerobot_learner.make_policy, "__wrapped__")
     monkeypatch.delattr(lerobot_learner, "hook_saw")

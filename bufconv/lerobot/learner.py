@@ -6,8 +6,10 @@ The offline buffer is served from a cache (`initialize_offline_replay_buffer`), 
 is a `bufconv.OnlineBuffer` (`initialize_replay_buffer`), checkpoints commit both buffers
 with `checkpoint()` instead of rewriting them as LeRobot datasets, and the policy's image
 encoders check every batch against the range; everything else is LeRobot's. Options (see
-`bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`, `--bufconv.hook`, and
-`--bufconv.buffers=lerobot`, which keeps LeRobot's own buffers (to compare with them).
+`bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`, `--bufconv.hook`,
+`--bufconv.cache=PATH` (the offline cache, instead of `<output_dir>/offline_buffer.pt`: one
+cache for every run on the same data, as LeRobot refuses to start a new run in an existing
+output_dir), and `--bufconv.buffers=lerobot`, which keeps LeRobot's own buffers (to compare).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .entry import guarded_make_policy, parse_bool, parse_range, run_hooks, spli
 from .offline import initialize_offline_replay_buffer
 from .online import initialize_replay_buffer, wrap_save_training_checkpoint
 
-OPTIONS = ("image_range", "guard", "hook", "buffers")
+OPTIONS = ("image_range", "guard", "hook", "buffers", "cache")
 
 
 def install(
@@ -30,6 +32,7 @@ def install(
     image_range: int | None = None,
     guard: bool = False,
     buffers: bool = True,
+    cache_path: str | None = None,
 ) -> Any:
     """Make LeRobot's learner use bufconv's buffers (and check what its encoders see).
 
@@ -44,6 +47,7 @@ def install(
         guard: Wrap the module's `make_policy` so that every forward of the policy's image
             encoders is range-checked (`bufconv.guard_encoder`).
         buffers: Replace the buffers (False keeps LeRobot's own, for comparisons).
+        cache_path: The offline cache (default `<output_dir>/offline_buffer.pt`).
 
     Returns:
         The patched module.
@@ -58,10 +62,15 @@ def install(
         module.make_policy = guarded_make_policy(module.make_policy, image_range)
     if not buffers:
         return module
+    offline_options: dict[str, Any] = {}
+    if image_range is not None:
+        offline_options["image_range"] = image_range
+    if cache_path is not None:
+        offline_options["cache_path"] = cache_path
     module.initialize_offline_replay_buffer = (
-        initialize_offline_replay_buffer
-        if image_range is None
-        else functools.partial(initialize_offline_replay_buffer, image_range=image_range)
+        functools.partial(initialize_offline_replay_buffer, **offline_options)
+        if offline_options
+        else initialize_offline_replay_buffer
     )
     if online:
         if hasattr(module, "initialize_replay_buffer"):
@@ -86,6 +95,7 @@ def main() -> None:
             image_range=parse_range(options.get("image_range")),
             guard=parse_bool((options.get("guard") or ["true"])[-1], "guard"),
             buffers=buffers == "bufconv",
+            cache_path=options["cache"][-1] if options.get("cache") else None,
         )
         run_hooks(options.get("hook", []), module)
     except (ImportError, ValueError) as e:

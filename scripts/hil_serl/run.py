@@ -113,6 +113,7 @@ def learner(
     probe: Path | None = None,
     stock: bool = False,
     image_range: int | None = None,
+    cache: Path | None = None,
 ) -> Process:
     """`python -m bufconv.lerobot.learner` (with `stock`: LeRobot's own buffers, unguarded)."""
     cmd = [PYTHON, "-m", "bufconv.lerobot.learner", f"--config_path={config}", f"--bufconv.hook={FIXES}"]
@@ -120,6 +121,8 @@ def learner(
         cmd += ["--bufconv.buffers=lerobot", "--bufconv.guard=false"]
     if image_range is not None:
         cmd.append(f"--bufconv.image_range={image_range}")
+    if cache is not None:
+        cmd.append(f"--bufconv.cache={cache}")
     env = {}
     if probe is not None:
         cmd.append(f"--bufconv.hook={PROBE}")
