@@ -75,7 +75,7 @@ def cache_copy(cache: Path, tmp_path: Path) -> Path:
 
 def test_group_and_every_command_have_help_text() -> None:
     """`bufconv --help` and `bufconv <cmd> --help` exit 0 and show each command's docstring."""
-    assert set(cli.commands) == {"build", "verify", "info", "demo", "check", "inspect"}
+    assert set(cli.commands) == {"build", "verify", "info", "demo", "check", "inspect", "export"}
     top = invoke("--help")
     assert top.exit_code == 0, top.output
     assert cli.help and cli.help.strip()
