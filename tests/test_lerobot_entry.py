@@ -126,6 +126,25 @@ def test_actor_range_step_goes_right_after_lerobots_vanilla_observation_step() -
     assert env_processor.steps[-1].image_range == 255
 
 
+def test_actor_range_step_goes_after_a_clamping_crop_resize() -> None:
+    """LeRobot's ImageCropResizeProcessorStep clamps to [0,1] after resizing: [0,255] images must
+    come out of it, never go into it (the clamp-before-range bug of the devlog)."""
+    from lerobot.processor import DataProcessorPipeline, VanillaObservationProcessorStep
+    from lerobot.processor.hil_processor import ImageCropResizeProcessorStep
+
+    def make_processors(env, teleop, cfg, device="cpu"):
+        steps = [VanillaObservationProcessorStep(), ImageCropResizeProcessorStep(resize_size=(64, 64))]
+        return DataProcessorPipeline(steps=steps), DataProcessorPipeline(steps=[])
+
+    env_processor, _ = bufconv_actor.with_range_step(make_processors, 255)(None, None, None)
+    names = [type(step).__name__ for step in env_processor.steps]
+    assert names == [
+        "VanillaObservationProcessorStep",
+        "ImageCropResizeProcessorStep",
+        "ImageRangeProcessorStep",
+    ]
+
+
 def test_actor_streams_reconnect_until_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream that ends (the learner went away) is started again; shutdown stops it."""
     monkeypatch.setattr(bufconv_actor, "RECONNECT_DELAY_S", 0.01)

@@ -33,6 +33,8 @@ OPTIONS = ("image_range", "guard", "hook")
 #: The actor's streaming functions, each run in its own thread/process until shutdown.
 STREAMS = ("send_transitions", "send_interactions", "receive_policy")
 RECONNECT_DELAY_S = 2.0
+#: LeRobot env-processor steps that produce or assume images in [0,1]; the range step goes after them.
+_ZERO_ONE_STEPS = ("VanillaObservationProcessorStep", "ImageCropResizeProcessorStep")
 
 
 def with_range_step(make_processors: Any, image_range: int) -> Any:
@@ -46,12 +48,9 @@ def with_range_step(make_processors: Any, image_range: int) -> Any:
 
         env_processor, action_processor = make_processors(*args, **kwargs)
         steps = list(env_processor.steps)
-        names = [type(step).__name__ for step in steps]
-        at = (
-            names.index("VanillaObservationProcessorStep") + 1
-            if "VanillaObservationProcessorStep" in names
-            else 0
-        )
+        # After every step that expects [0,1] images: LeRobot's crop/resize clamps to [0,1]
+        # after resizing, which would flatten [0,255] images (`bufconv check`'s clamp-before-range).
+        at = max((i + 1 for i, step in enumerate(steps) if type(step).__name__ in _ZERO_ONE_STEPS), default=0)
         steps.insert(at, ImageRangeProcessorStep(image_range=image_range))
         env_processor.steps = steps
         log.info("bufconv: env processor: %s", " -> ".join(type(step).__name__ for step in steps))
