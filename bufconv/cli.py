@@ -119,6 +119,12 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _parse_shards(value: str) -> int | str:
+    from .convert.shards import parse_shards
+
+    return parse_shards(value)
+
+
 def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
     """A click callback that parses an option with `parse`; a bad value is a usage error (exit 2)."""
 
@@ -308,14 +314,14 @@ def _print_plan(plan: BuildPlan) -> None:
 
 
 @cli.command()
-@click.argument("dataset")
+@click.argument("datasets", metavar="DATASET...", nargs=-1, required=True)
 @click.option(
     "-o",
     "--output",
-    default="offline_buffer.pt",
-    show_default=True,
+    default=None,
     type=click.Path(),
-    help="Cache file to write; a folder (existing, or ending in /) means FOLDER/offline_buffer.pt.",
+    help="Cache file to write (default offline_buffer.pt); a folder (existing, or ending in /) means "
+    "FOLDER/offline_buffer.pt. A sharded cache is a folder (default offline_buffer/).",
 )
 @_selection_options
 @click.option(
@@ -323,6 +329,23 @@ def _print_plan(plan: BuildPlan) -> None:
     type=click.IntRange(min=1),
     default=None,
     help="Most decoding processes (default: all cores; one per two cores is used at most).",
+)
+@click.option(
+    "--shards",
+    callback=_parsed(_parse_shards),
+    metavar="N|auto",
+    help="Build a folder of N shards (cut at episode boundaries), or 'auto' (about 1 GiB of pixels "
+    "each); only stale shards are rebuilt. Implied by several DATASETs or --ray.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Build the shards as Ray tasks on the cluster at ADDRESS (as ray.init takes it; default: "
+    "the local cluster). Needs bufconv[ray]. Give it last, or as --ray=ADDRESS.",
 )
 @click.option("--force", is_flag=True, help="Rebuild even if the cache is up to date.")
 @click.option(
@@ -336,31 +359,39 @@ def _print_plan(plan: BuildPlan) -> None:
 )
 @handle_errors
 def build(
-    dataset: str,
-    output: str,
+    datasets: tuple[str, ...],
+    output: str | None,
     image_range: str,
     keys: tuple[str, ...] | None,
     episodes: tuple[int, ...] | None,
     tolerance_s: float,
     crops: tuple[tuple[str, tuple[int, int, int, int]], ...],
     resize: tuple[int, int] | None,
+    shards: int | str | None,
+    ray_address: str | None,
     workers: int | None,
     force: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Build an offline buffer cache from DATASET (a folder or a repo id).
+    """Build an offline buffer cache from DATASET (a folder or a repo id), or a sharded one from several.
 
     If OUTPUT is already up to date for this dataset and these options, nothing is decoded.
     --crop and --resize apply LeRobot's ImageCropResizeProcessorStep to the frames while
     decoding, so offline images match the live ones the env processor crops and resizes.
+    Several DATASETs, --shards or --ray write a folder of shards and its manifest.json; the
+    datasets must have the same keys and shapes.
 
     \b
     Example:
       bufconv build ~/.cache/huggingface/lerobot/me/pick_cube --range 255 --episodes 0-9
       bufconv build me/pick_cube --crop observation.images.front=0,80,480,480 --resize 128,128
       bufconv build me/pick_cube -o outputs/ --json
+      bufconv build me/pick_cube me/place_cube -o shards/ --shards auto --ray=127.0.0.1:6379
     """
+    sharded = len(datasets) > 1 or shards is not None or ray_address is not None
+    if output is None:
+        output = "offline_buffer" if sharded else "offline_buffer.pt"
     quiet = _flag("quiet")
     show_progress = not quiet and not as_json and not dry_run and sys.stderr.isatty()
     if show_progress:  # importing torch and reading the metadata take a few seconds: say so
@@ -378,7 +409,9 @@ def build(
         from .convert.preview import plan_build
         from .options import BuildOptions
 
-        plan = plan_build(dataset, BuildOptions.create(**options))
+        if len(datasets) > 1:
+            raise click.UsageError("--dry-run takes one DATASET (inspect each dataset of a sharded build)")
+        plan = plan_build(datasets[0], BuildOptions.create(**options))
         if as_json:
             _echo(
                 json.dumps({"dry_run": True, "output": str(cache_file(output)), **plan.to_json()}, indent=2)
@@ -389,15 +422,26 @@ def build(
         return
     from .convert.pipeline import build as run_build
 
-    result = run_build(dataset, output, workers=workers, force=force, progress=show_progress, **options)
+    result = run_build(
+        list(datasets) if len(datasets) > 1 else datasets[0],
+        output,
+        workers=workers,
+        force=force,
+        progress=show_progress and not sharded,
+        shards=shards,
+        ray=ray_address,
+        **options,
+    )
     if as_json:
         _echo(json.dumps(result.to_json(), indent=2))
         return
     if quiet:
         return
+    count = getattr(result, "shards", 0)
+    in_shards = f", {count} shards" if count else ""
     if result.status == "fresh":
         _echo(
-            f"{result.path} is up to date ({result.frames:,} frames, {result.episodes} episodes); "
+            f"{result.path} is up to date ({result.frames:,} frames, {result.episodes} episodes{in_shards}); "
             "nothing decoded. Use --force to rebuild."
         )
     else:
@@ -408,6 +452,9 @@ def build(
             f"{result.seconds:.2f} s ({result.frames_per_second:,.0f} frames/s); file {_size(result.file_bytes)} "
             f"(uint8 pixels {_size(result.payload_bytes)})"
         )
+        if count:
+            built = getattr(result, "built", [])
+            _echo(f"shards: {count} in {result.path}; built {len(built)}, {count - len(built)} were fresh")
     _echo(f"ranges: {_ranges(result.ranges)}")
 
 
@@ -515,7 +562,11 @@ def info(path: str, as_json: bool) -> None:
     """
     from .cache.header import read_header, summarize
     from .cache.segments import is_buffer_folder
+    from .cache.sharded import is_sharded_folder
 
+    if is_sharded_folder(path):
+        _sharded_info(path, as_json)
+        return
     if is_buffer_folder(path):
         _folder_info(path, as_json)
         return
@@ -560,6 +611,33 @@ def info(path: str, as_json: bool) -> None:
     for name, t in meta["tensors"].items():
         note = f"  -> {_RANGE_TEXT[meta['ranges'][name]['output']]}" if name in meta["ranges"] else ""
         _echo(f"  {name:<{width}}  {t['dtype']:<8} {t['shape']}{note}")
+
+
+def _sharded_info(path: str, as_json: bool) -> None:
+    from .cache.sharded import summary
+
+    data = summary(path)
+    if as_json:
+        _echo(json.dumps(data, indent=2))
+        return
+    if _flag("quiet"):
+        return
+    _echo(
+        f"{path}: bufconv sharded cache, format {data['format_version']} (bufconv {data['bufconv_version']}, "
+        f"updated {data['updated']}), {len(data['shards'])} shards, {_size(data['bytes'])}"
+    )
+    _echo(f"frames: {data['frames']:,} in {data['episodes']} episodes; fingerprint {data['fingerprint']}")
+    _echo("datasets:")
+    for i, d in enumerate(data["datasets"]):
+        _echo(f"  [{i}] {d['root']} ({d.get('repo_id') or 'local'}, {d['codebase_version']}, {d['fps']} fps): "
+              f"episodes {d['episodes']}, {d['frames']:,} frames")  # fmt: skip
+    _echo(f"ranges: {_ranges({k: v['output'] for k, v in data['ranges'].items()})}")
+    _echo("shards:")
+    for shard in data["shards"]:
+        _echo(
+            f"  {shard['file']}  dataset [{shard['dataset']}] episodes {shard['episodes']}, "
+            f"{shard['frames']:,} frames, {_size(shard['bytes'])}"
+        )
 
 
 def _folder_info(path: str, as_json: bool) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from ..cache.freshness import prepare
-from ..cache.reader import read_cache
+from ..cache.reader import CacheFile, read_cache
+from ..cache.sharded import ShardedCache, is_sharded_folder
 from ..convert.pipeline import ensure
 from ..options import DEFAULT_TOLERANCE_S, BuildOptions
 from .offline import DEFAULT_CAPACITY, OfflineBuffer
@@ -17,7 +19,7 @@ _STATUS = {"fresh": "hit", "built": "built", "rebuilt": "rebuilt"}
 
 
 def load_or_build(
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
     cache_path: str | os.PathLike[str] = "offline_buffer.pt",
     *,
     image_range: int = 1,
@@ -36,6 +38,8 @@ def load_or_build(
     lock_timeout: float | None = None,
     crop: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     resize: Sequence[int] | str | None = None,
+    shards: int | str | None = None,
+    ray: str | None = None,
 ) -> OfflineBuffer:
     """Serve `dataset` as an offline buffer, through the cache at `cache_path`.
 
@@ -46,9 +50,15 @@ def load_or_build(
     reasons in `stale_reasons`), or, with `on_stale="error"`, refused with `StaleCacheError`.
     Two learners starting together build once; the second waits and gets a hit.
 
+    A sharded cache (SPEC section 13) is served when `cache_path` is a sharded folder, when
+    `dataset` lists several datasets, or when `shards` or `ray` is given: each shard's freshness
+    is checked on its own, only the stale shards are rebuilt (`stale_reasons` name them), and
+    the shards are memory-mapped when first sampled.
+
     Args:
-        dataset: A LeRobot dataset folder or repo id (v3.0 or v2.1).
-        cache_path: The cache file.
+        dataset: A LeRobot dataset folder or repo id (v3.0 or v2.1); several, for a sharded
+            cache; None with a sharded folder: the datasets its manifest names.
+        cache_path: The cache file, or a sharded cache's folder.
         image_range: 1 (images in [0,1]) or 255 (images in [0,255]).
         state_keys: Observation keys of `state` (default: every `observation.*` feature).
         episodes: Episode indices, or "0-9,15" (default: all).
@@ -67,6 +77,8 @@ def load_or_build(
         crop: Per image key, (top, left, height, width) cropped from its frames at build time
             (LeRobot's `crop_params_dict`).
         resize: (height, width) all image keys are resized to after the crop (LeRobot's `resize_size`).
+        shards: Build a sharded folder of this many shards, or "auto" (None: the folder's own count).
+        ray: Build the shards as Ray tasks on the cluster at this address ("local": `ray.init()`'s).
 
     Raises:
         StaleCacheError: stale cache and `on_stale="error"`.
@@ -76,6 +88,16 @@ def load_or_build(
         image_range=image_range, keys=state_keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
         crop=crop, resize=resize,
     )  # fmt: skip
+    if _sharded(dataset, cache_path, shards, ray):
+        return _load_or_build_sharded(
+            dataset, cache_path, options, shards=shards, ray=ray, on_stale=on_stale, device=device,
+            use_drq=use_drq, storage_device=storage_device, capacity=capacity, added_path=added_path,
+            generator=generator,
+        )  # fmt: skip
+    if dataset is None or not isinstance(dataset, (str, os.PathLike)):
+        raise TypeError(
+            "dataset must be one dataset folder or repo id (several make a sharded cache: pass shards=)"
+        )
     request = prepare(dataset, options)
     if progress:
         from ..convert.pipeline import _progress_bar
@@ -98,6 +120,33 @@ def load_or_build(
     )
 
 
+def _sharded(dataset: object, cache_path: str | os.PathLike[str], shards: object, ray: object) -> bool:
+    several = dataset is None or not isinstance(dataset, (str, os.PathLike))
+    return several or shards is not None or ray is not None or is_sharded_folder(cache_path)
+
+
+def _load_or_build_sharded(
+    dataset: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    folder: str | os.PathLike[str],
+    options: BuildOptions,
+    *,
+    shards: int | str | None,
+    ray: str | None,
+    on_stale: str,
+    **buffer: Any,
+) -> OfflineBuffer:
+    from ..convert.shards import datasets_of, ensure_sharded, requests_for
+
+    datasets = datasets_of(folder) if dataset is None else dataset
+    result = ensure_sharded(
+        requests_for(datasets, options), folder, shards=shards, ray=ray, on_stale=on_stale
+    )
+    assert result.sharded is not None
+    return OfflineBuffer(
+        result.sharded, status=_STATUS[result.status], stale_reasons=result.reasons, **buffer
+    )
+
+
 def open_buffer(
     cache_path: str | os.PathLike[str],
     *,
@@ -111,12 +160,18 @@ def open_buffer(
 ) -> OfflineBuffer:
     """Open an existing cache as a buffer without its dataset (no freshness check; integrity is checked).
 
-    The buffer's `status` is "opened": nothing said whether the cache matches any dataset.
+    The buffer's `status` is "opened": nothing said whether the cache matches any dataset. A
+    sharded folder is opened from its manifest; each shard is checked (and its checksums
+    verified, if `verify_payload`) when a batch first touches it.
 
     Raises:
         InvalidCacheError: the file is not a valid cache.
     """
-    cache = read_cache(cache_path, verify_payload=verify_payload)
+    cache: CacheFile | ShardedCache
+    if is_sharded_folder(cache_path):
+        cache = ShardedCache.open(cache_path, verify_payload=verify_payload)
+    else:
+        cache = read_cache(cache_path, verify_payload=verify_payload)
     return OfflineBuffer(
         cache,
         device=device,

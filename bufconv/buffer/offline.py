@@ -24,8 +24,10 @@ from typing import Any
 import torch
 
 from ..cache.reader import CacheFile
+from ..cache.sharded import ShardedCache
 from ..errors import BufconvError
-from .batch import Batcher, BatchTransition, random_generator, take_rows
+from .batch import Batcher, BatchTransition, random_generator
+from .columns import CacheColumns, Columns, ShardColumns
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
 from .rows import RowMaker
@@ -43,7 +45,7 @@ class OfflineBuffer:
     Use `bufconv.load_or_build` (or `bufconv.open_buffer`) to get one.
 
     Args:
-        cache: The opened cache.
+        cache: The opened cache, or a sharded folder (its shards are mapped when first sampled).
         device: Where batches are delivered; images are converted to float there.
         storage_device: Where frames live ("cpu": memory-mapped from the cache file).
         use_drq: Random-shift augmentation in `sample` (pad 4, as LeRobot).
@@ -67,7 +69,7 @@ class OfflineBuffer:
 
     def __init__(
         self,
-        cache: CacheFile,
+        cache: CacheFile | ShardedCache,
         *,
         device: str | torch.device = "cpu",
         storage_device: str | torch.device = "cpu",
@@ -102,13 +104,21 @@ class OfflineBuffer:
         self._complementary = {
             k[len(_COMPLEMENTARY) :]: k for k in meta["keys"].get("complementary_info", [])
         }
-        tensors = cache.tensors
-        self._columns = {f"state/{k}": self._stored(tensors[k]) for k in self.state_keys}
-        for name in ("action", "reward", "done", "truncated"):
-            self._columns[name] = self._stored(tensors[name])
-        for short, name in self._complementary.items():
-            self._columns[f"complementary_info/{short}"] = self._stored(tensors[name])
-        self._next_index = self._stored(tensors["next_index"])
+        # column -> tensor name in the cache (or in every shard)
+        self._names = {f"state/{k}": k for k in self.state_keys}
+        self._names.update({name: name for name in ("action", "reward", "done", "truncated")})
+        self._names.update(
+            {f"complementary_info/{short}": name for short, name in self._complementary.items()}
+        )
+        self._data: Columns
+        if isinstance(cache, ShardedCache):
+            self._data = (
+                ShardColumns(cache, self._names)
+                if self.storage_device.type == "cpu"
+                else ShardColumns.materialized(cache, self._names, self.storage_device)
+            )
+        else:
+            self._data = CacheColumns.of(cache, self._names, self.storage_device)
         self._frames_n = int(meta["frames"])
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1; got {capacity}")
@@ -128,20 +138,15 @@ class OfflineBuffer:
         if added_path is not None:
             self._open_added(added_path)
 
-    def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.storage_device.type == "cpu" else tensor.to(self.storage_device)
-
     def _added_schema(self) -> Schema:
         """Added transitions are stored like the dataset's rows: images uint8, the rest float32."""
 
         def column(name: str, dtype: str | None = None) -> Column:
-            tensor = self._columns[name]
-            return Column(
-                dtype or ("uint8" if tensor.dtype == torch.uint8 else "float32"), tuple(tensor.shape[1:])
-            )
+            stored, shape = self._data.spec(name)
+            return Column(dtype or ("uint8" if stored == torch.uint8 else "float32"), shape)
 
         frames = {k: column(f"state/{k}") for k in self.state_keys}
-        transitions = {name: column(name) for name in self._columns if not name.startswith("state/")}
+        transitions = {name: column(name) for name in self._names if not name.startswith("state/")}
         transitions["done"] = column("done", "bool")
         transitions["truncated"] = column("truncated", "bool")
         return Schema(frames, transitions)
@@ -221,6 +226,8 @@ class OfflineBuffer:
         n = len(self)
         batch_size = min(batch_size, n)
         index = torch.randint(0, n, (batch_size,), generator=generator or self.generator)
+        if self._data.sorted_rows:  # shards: each shard's rows one run, gathered in place
+            index = index.sort().values
         return self._batch(index, augment=self.use_drq, image_dtype=image_dtype, generator=generator)
 
     def get_iterator(
@@ -269,20 +276,23 @@ class OfflineBuffer:
         from_store = index >= n
         any_added = bool(from_store.any())
         data_rows = (index[~from_store] if any_added else index).to(self.storage_device)
-        next_rows = take_rows(self._next_index, data_rows)
+        order = None
+        if self._data.sorted_rows and len(data_rows) > 1 and bool((data_rows[1:] < data_rows[:-1]).any()):
+            data_rows, order = torch.sort(data_rows)  # `__getitem__` in any order: gathered sorted, put back
+        next_rows = self._data.next_rows(data_rows)
         added = self._store.gather(index[from_store] - n) if any_added else {}
-        pool = self._batcher.pool
+        pool = self._batcher.pool if order is None else None
         out = {}
-        for name, column in self._columns.items():
-            part = take_rows(column, data_rows, pool)
+        for name in self._names:
+            part = _unsort(self._data.take(name, data_rows, pool), order)
             if name.startswith("state/"):
                 key = name[len("state/") :]
-                following = take_rows(column, next_rows, pool)
+                following = _unsort(self._data.take(name, next_rows, pool), order)
                 if any_added:
-                    following = _merge(following, added[f"next_state/{key}"].to(column.dtype), from_store)
+                    following = _merge(following, added[f"next_state/{key}"].to(following.dtype), from_store)
                 out[f"next_state/{key}"] = following
             if any_added:
-                part = _merge(part, added[name].to(column.dtype), from_store)
+                part = _merge(part, added[name].to(part.dtype), from_store)
             out[name] = part
         return out
 
@@ -343,6 +353,15 @@ class OfflineBuffer:
         from .export import buffer_to_lerobot_dataset
 
         return buffer_to_lerobot_dataset(self, repo_id=repo_id, fps=fps, root=root, task_name=task_name)
+
+
+def _unsort(rows: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Rows gathered at sorted positions, put back where `order` says they came from."""
+    if order is None:
+        return rows
+    out = torch.empty_like(rows)
+    out[order.to(rows.device)] = rows
+    return out
 
 
 def _merge(data_part: torch.Tensor, added_part: torch.Tensor, from_added: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,11 @@ def verify(
     report = VerifyReport(path=str(path))
     if os.path.isdir(path):
         from .segments import is_buffer_folder
+        from .sharded import is_sharded_folder
 
+        if is_sharded_folder(path):
+            _verify_sharded(Path(path), report, image_range, quick, dataset)
+            return report
         if is_buffer_folder(path):
             _verify_folder(Path(path), report, image_range, quick)
             return report
@@ -174,6 +178,60 @@ def _verify_folder(path: Path, report: VerifyReport, image_range: int | None, qu
             f"(a learner must open it with image_range={declared})",
         )
     report.checked.append("ranges")
+
+
+def _verify_sharded(
+    path: Path,
+    report: VerifyReport,
+    image_range: int | None,
+    quick: bool,
+    dataset: str | os.PathLike[str] | None,
+) -> None:
+    """A sharded cache's folder: its manifest, then every shard as a cache (checksums unless
+    `quick`), each problem named by its shard; with `dataset`, each shard of that dataset's freshness."""
+    from .sharded import check_folder
+
+    report.kind = "bufconv-sharded-cache"
+    try:
+        manifest, problems = check_folder(path, quick=quick)
+    except InvalidCacheError as e:
+        report.problems.extend(e.problems)
+        return
+    report.checked += ["manifest", "structure", "integrity", "safe-load", "format-version", "consistency"]
+    if not quick:
+        report.checked.append("checksums")
+    report.problems.extend(problems)
+    report.format_version = manifest["format_version"]
+    report.frames = int(manifest["frames"])
+    report.ranges = {k: v["output"] for k, v in manifest["ranges"].items()}
+    for key, declared in report.ranges.items():
+        if image_range is not None and declared != image_range:
+            report.add(
+                E.RANGE_MISMATCH,
+                f"{key}: the cache declares range {declared}; {image_range} was expected (rebuild with --range {image_range})",
+            )
+    report.checked.append("ranges")
+    if dataset is None:
+        return
+    from ..source.layouts import open_dataset
+
+    root = open_dataset(dataset).root.resolve()
+    shards = [
+        s for s in manifest["shards"] if Path(manifest["datasets"][s["dataset"]]["root"]).resolve() == root
+    ]
+    if not shards:
+        built = ", ".join(d["root"] for d in manifest["datasets"])
+        report.add(E.DIFFERENT_DATASET, f"built from {built}, not from {root}; pass one of those datasets")
+        return
+    for shard in shards:
+        try:
+            meta = read_header(path / shard["file"])
+        except InvalidCacheError:
+            continue  # reported above
+        sub = VerifyReport(path=str(path / shard["file"]))
+        _check_fresh(meta, dataset, sub)
+        report.problems += [Problem(p.code, f"{shard['file']}: {p.message}") for p in sub.problems]
+    report.checked.append("freshness")
 
 
 def verify_or_raise(path: str | os.PathLike[str], **kwargs: Any) -> VerifyReport:

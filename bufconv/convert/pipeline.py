@@ -97,11 +97,20 @@ def ensure(
     progress: Progress | None = None,
     verify_payload: bool = True,
     lock_timeout: float | None = None,
+    known: fp.Known | None = None,
+    reproducible: bool = False,
 ) -> BuildResult:
     """Make `path` a fresh cache for `request`, building only if needed.
 
     A fresh cache is detected without taking the lock. Otherwise the lock is taken, freshness
     is checked again (a concurrent builder may just have finished), and the cache is written.
+
+    Args:
+        known: Source digests taken earlier (`Fingerprint.known()`), reused for files whose
+            size and mtime are unchanged (a sharded build hashes a video shared by its shards once).
+        reproducible: Record as `created` the newest modification time of the source files
+            instead of the time of the build, so the file's bytes depend on its inputs only (the
+            shards of a sharded cache: the same bytes from any process, node or day).
 
     Raises:
         StaleCacheError: the cache exists but is stale, and `on_stale` is "error".
@@ -112,10 +121,9 @@ def ensure(
         raise ValueError(f"on_stale must be 'rebuild' or 'error'; got {on_stale!r}")
     path = cache_file(path)
     started = time.perf_counter()
-    known = None
     if not force:
         _phase(progress, "hashing")
-        state = check_freshness(request, path, verify_payload=verify_payload)
+        state = check_freshness(request, path, verify_payload=verify_payload, known=known)
         if state.fresh:
             _clear_debris(path)
             return _result(path, "fresh", started, state, state.cache)
@@ -139,7 +147,7 @@ def ensure(
         # Unmap the old cache before replacing it: unmapped last, after the replace, it would
         # free the old file's pages and blocks here (~80 ms per 400 MB), not in the background.
         state = replace(state, cache=None)
-        _write(request, path, state.fingerprint, progress)
+        _write(request, path, state.fingerprint, progress, created_from_sources=reproducible)
         built = read_cache(path, verify_payload=False)  # still under the lock: the file just written
     return _result(path, "rebuilt" if state.exists else "built", started, state, built)
 
@@ -198,7 +206,7 @@ def _parent_folder(path: Path) -> Iterator[None]:
 
 
 def build(
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str] = "offline_buffer.pt",
     *,
     image_range: int = 1,
@@ -210,12 +218,17 @@ def build(
     progress: Progress | bool | None = None,
     crop: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     resize: Sequence[int] | str | None = None,
+    shards: int | str | None = None,
+    ray: str | None = None,
 ) -> BuildResult:
     """Convert a LeRobot dataset into a cache file, unless `output` is already up to date.
 
+    With several datasets, `shards` or `ray`, `output` is a folder of shards (SPEC section 13,
+    `convert.shards`): the result is a `ShardedBuildResult`, and only stale shards are built.
+
     Args:
-        dataset: A dataset folder, or a repo id under $HF_LEROBOT_HOME.
-        output: The cache file to write.
+        dataset: A dataset folder, or a repo id under $HF_LEROBOT_HOME (several: a sharded cache).
+        output: The cache file to write (a folder, for a sharded cache).
         image_range: 1 (batches in [0,1], LeRobot's convention) or 255 (batches in [0,255]).
         keys: Observation keys for `state` (default: all `observation.*` features).
         episodes: Episode indices, or a string like "0-9,15" (default: all).
@@ -227,6 +240,10 @@ def build(
             `crop_params_dict`; or CLI strings "KEY=TOP,LEFT,HEIGHT,WIDTH").
         resize: (height, width) every image key is resized to after its crop (LeRobot's
             `resize_size`): values equal LeRobot's `ImageCropResizeProcessorStep` up to uint8 rounding.
+        shards: A shard count, or "auto" (shards of about 1 GiB of pixels); None: one file, unless
+            `output` is already a sharded folder (then its count is kept).
+        ray: Build the shards as Ray tasks on the cluster at this address ("local": the cluster
+            `ray.init()` finds or starts); None: in local processes. Needs `bufconv[ray]`.
 
     Returns:
         A `BuildResult` (status "built", "rebuilt" or "fresh").
@@ -238,12 +255,28 @@ def build(
         image_range=image_range, keys=keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
         crop=crop, resize=resize,
     )  # fmt: skip
+    if (
+        not isinstance(dataset, (str, os.PathLike))
+        or shards is not None
+        or ray is not None
+        or _is_sharded(output)
+    ):
+        from .shards import build_sharded
+
+        frames = progress if callable(progress) else None
+        return build_sharded(dataset, output, options, shards=shards, ray=ray, force=force, progress=frames)
     if progress is True:
         with _ProgressBar() as bar:
             request = prepare(dataset, options)
             bar.start(request)
             return ensure(request, output, force=force, progress=bar)
     return ensure(prepare(dataset, options), output, force=force, progress=progress or None)
+
+
+def _is_sharded(output: str | os.PathLike[str]) -> bool:
+    from ..cache.sharded import is_sharded_folder
+
+    return is_sharded_folder(output)
 
 
 class _ProgressBar:
@@ -312,13 +345,27 @@ def _result(
 # ---- writing --------------------------------------------------------------------------------
 
 
-def _write(request: Request, path: Path, fingerprint: fp.Fingerprint, progress: Progress | None) -> None:
+def _write(
+    request: Request,
+    path: Path,
+    fingerprint: fp.Fingerprint,
+    progress: Progress | None,
+    *,
+    created_from_sources: bool = False,
+) -> None:
     source, sel, options = request.source, request.selection, request.options
     lengths = [source.episodes[e].length for e in sel.episodes]
+    created = _sources_time(fingerprint) if created_from_sources else datetime.now(timezone.utc)
     # Workers start first, so they import while this process reads the parquet data.
     processes = worker_processes(source, sel, options)
     with WorkerPool(processes) if processes else contextlib.nullcontext() as pool:
-        _write_with(request, path, fingerprint, progress, lengths, pool)
+        _write_with(request, path, fingerprint, progress, lengths, pool, created)
+
+
+def _sources_time(fingerprint: fp.Fingerprint) -> datetime:
+    """The newest modification time of the files a fingerprint hashed (a reproducible `created`)."""
+    newest = max((stat[1] for stat in fingerprint.stats.values()), default=0)
+    return datetime.fromtimestamp(newest // 1_000_000_000, timezone.utc)
 
 
 def _write_with(
@@ -328,6 +375,7 @@ def _write_with(
     progress: Progress | None,
     lengths: list[int],
     pool: WorkerPool | None,
+    created: datetime,
 ) -> None:
     source, sel, options = request.source, request.selection, request.options
     numeric = [
@@ -353,7 +401,7 @@ def _write_with(
 
     meta = {
         "bufconv_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created.isoformat(timespec="seconds"),
         "fingerprint": fingerprint.value,
         "fingerprint_inputs": fingerprint.inputs,
         "source_stats": fingerprint.stats,
