@@ -249,3 +249,15 @@ def test_local_processes_build_the_same_bytes(
     for name in here.built:
         assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "pool" / name).read_bytes()
     assert sorted(os.listdir(tmp_path / "pool")) == sorted(os.listdir(tmp_path / "here"))
+
+
+def test_nothing_but_the_ray_path_imports_ray() -> None:
+    """Ray is an optional extra: building, loading and the CLI import it only for --ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bufconv.convert.shards, bufconv.buffer.loader, bufconv.cache.sharded, bufconv.cli; "
+        "assert 'ray' not in sys.modules"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

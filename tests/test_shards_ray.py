@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,6 +46,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        _reap(str(temp))
+
+
+def _reap(marker: str) -> None:
+    """Wait for the processes of the cluster (named by its temporary folder) to exit; kill the
+    ones still there after 10 s (Ray's agents linger after shutdown), by pid."""
+    deadline = time.monotonic() + 10
+    while _pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in _pids(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+    return found
 
 
 def _same_files(a: Path, b: Path) -> None:
