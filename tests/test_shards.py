@@ -261,3 +261,21 @@ def test_nothing_but_the_ray_path_imports_ray() -> None:
         "assert 'ray' not in sys.modules"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_the_learner_drop_in_serves_a_sharded_cache(
+    tmp_path: Path, lerobot_dataset: Callable[..., Path]
+) -> None:
+    """`initialize_offline_replay_buffer(cfg, cache_path=FOLDER)`: the folder's datasets, all of them."""
+    pytest.importorskip("lerobot")
+    from test_lerobot_integration import make_config
+
+    from bufconv.lerobot import initialize_offline_replay_buffer
+
+    a, b = lerobot_dataset(), lerobot_dataset(lengths=(3, 4), seed=7)
+    folder = tmp_path / "shards"
+    bufconv.build([a, b], folder, shards=3)
+    config = make_config(a, tmp_path / "outputs" / "train")
+    buffer = initialize_offline_replay_buffer(config, device="cpu", storage_device="cpu", cache_path=folder)
+    assert buffer.status == "hit" and buffer.dataset_transitions == 16 + 7
+    assert buffer.sample(8)["state"]["observation.images.front"].shape == (8, 3, 48, 64)

@@ -10,6 +10,7 @@ from typing import Any
 from ..buffer.loader import load_or_build
 from ..buffer.offline import DEFAULT_CAPACITY, OfflineBuffer
 from ..cache.segments import is_buffer_folder
+from ..cache.sharded import is_sharded_folder, shard_name
 from ..contract.config import image_range_of
 from .preflight import preflight, preprocessing
 
@@ -66,7 +67,7 @@ def initialize_offline_replay_buffer(
     output_dir = Path(cfg.output_dir)
     added = output_dir / OFFLINE_ADDED_FOLDER
     lerobot_checkpoint = output_dir / "dataset_offline"
-    dataset: str | Path
+    dataset: str | Path | None
     if getattr(cfg, "resume", False) and not is_buffer_folder(added) and lerobot_checkpoint.is_dir():
         dataset = lerobot_checkpoint
     elif getattr(dataset_cfg, "root", None):
@@ -74,6 +75,9 @@ def initialize_offline_replay_buffer(
     else:
         dataset = dataset_cfg.repo_id
     path = Path(cache_path) if cache_path is not None else Path(cfg.output_dir) / "offline_buffer.pt"
+    sharded = is_sharded_folder(path)
+    if sharded:  # a sharded cache (bufconv build A B --shards N): the datasets its manifest names
+        dataset = None
     episodes = getattr(dataset_cfg, "episodes", None)
     policy = cfg.policy
     crop, resize = preprocessing(cfg)
@@ -100,7 +104,10 @@ def initialize_offline_replay_buffer(
         buffer.image_range,
         f"; rebuilt because {'; '.join(buffer.stale_reasons)}" if buffer.stale_reasons else "",
     )
-    preflight(cfg, path, image_range=image_range, on_mismatch=on_mismatch)
+    # A sharded cache's shards agree in keys, shapes and ranges: the first stands for all of them
+    # (its action bounds are those of its own episodes).
+    checked = path / shard_name(0) if sharded else path
+    preflight(cfg, checked, image_range=image_range, on_mismatch=on_mismatch)
     if len(buffer) > buffer.dataset_transitions:
         log.info(
             "bufconv offline buffer: %d added transitions resumed from %s",
