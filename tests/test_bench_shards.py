@@ -22,12 +22,18 @@ def test_bench_shards_small_configuration_prints_its_rows(tmp_path: Path) -> Non
         timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    for line in ("build, one file", "build, 2 shards, local", "sample(256) f32, 2 shards", "learner after 2"):
+    for line in (
+        "build, one file",
+        "build, 2 shards, local",
+        "sample(256) f32, 2 shards",
+        "learner after 2 x sample(256, uint8)",
+    ):
         assert line in done.stdout, line
     report = json.loads((tmp_path / "bench-shards-200.json").read_text())
     assert set(report["ratios"]) == {
         "build_sharded_over_single",
         "sample_sharded_over_single",
         "learner_anon_over_cache",
+        "learner_cache_pages_over_cache",
     }
     assert report["ratios"]["build_sharded_over_single"] > 0

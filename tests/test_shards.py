@@ -138,6 +138,8 @@ def test_a_corrupted_shard_is_named_by_verify_and_rebuilt_alone(
     assert [p.code for p in report.problems] == ["checksum-mismatch"]
     assert report.problems[0].message.startswith("shard-00001.pt: ")
     assert bufconv.verify(folder, quick=True).ok  # the payload is what is damaged
+    # Told not to read the payload (a cache of terabytes, verified once): headers only, a hit.
+    assert bufconv.load_or_build(dataset, folder, verify_payload=False).status == "hit"
     with pytest.raises(StaleCacheError, match="shard-00001.pt"):
         bufconv.load_or_build(dataset, folder, on_stale="error")
     buffer = bufconv.load_or_build(dataset, folder)
@@ -170,6 +172,10 @@ def test_an_interrupted_build_resumes_with_the_missing_shards(
         "shard-00001.pt",
     ]
     assert bufconv.build(dataset, folder).status == "fresh"  # keeps the folder's count
+    before = {p.name: p.stat().st_ino for p in folder.glob("shard-*.pt")}
+    forced = bufconv.build(dataset, folder, force=True)
+    assert forced.status == "rebuilt" and forced.built == sorted(before)
+    assert all(p.stat().st_ino != before[p.name] for p in folder.glob("shard-*.pt"))  # written anew
 
 
 def test_several_datasets_in_one_buffer(tmp_path: Path, lerobot_dataset: Callable[..., Path]) -> None:

@@ -40,6 +40,7 @@ def load_or_build(
     resize: Sequence[int] | str | None = None,
     shards: int | str | None = None,
     ray: str | None = None,
+    verify_payload: bool = True,
 ) -> OfflineBuffer:
     """Serve `dataset` as an offline buffer, through the cache at `cache_path`.
 
@@ -79,6 +80,9 @@ def load_or_build(
         resize: (height, width) all image keys are resized to after the crop (LeRobot's `resize_size`).
         shards: Build a sharded folder of this many shards, or "auto" (None: the folder's own count).
         ray: Build the shards as Ray tasks on the cluster at this address ("local": `ray.init()`'s).
+        verify_payload: Recompute the tensor checksums of a fresh cache (reads every byte: a few
+            hundred ms per GB; for a cache of terabytes, check it once with `bufconv verify` and
+            pass False: headers, integrity records and fingerprints are still checked).
 
     Raises:
         StaleCacheError: stale cache and `on_stale="error"`.
@@ -90,7 +94,8 @@ def load_or_build(
     )  # fmt: skip
     if _sharded(dataset, cache_path, shards, ray):
         return _load_or_build_sharded(
-            dataset, cache_path, options, shards=shards, ray=ray, on_stale=on_stale, device=device,
+            dataset, cache_path, options, shards=shards, ray=ray, on_stale=on_stale,
+            verify_payload=verify_payload, device=device,
             use_drq=use_drq, storage_device=storage_device, capacity=capacity, added_path=added_path,
             generator=generator,
         )  # fmt: skip
@@ -103,9 +108,14 @@ def load_or_build(
         from ..convert.pipeline import _progress_bar
 
         with _progress_bar(request) as bar:
-            result = ensure(request, cache_path, on_stale=on_stale, progress=bar, lock_timeout=lock_timeout)
+            result = ensure(
+                request, cache_path, on_stale=on_stale, progress=bar, lock_timeout=lock_timeout,
+                verify_payload=verify_payload,
+            )  # fmt: skip
     else:
-        result = ensure(request, cache_path, on_stale=on_stale, lock_timeout=lock_timeout)
+        result = ensure(
+            request, cache_path, on_stale=on_stale, lock_timeout=lock_timeout, verify_payload=verify_payload
+        )
     assert result.cache is not None  # the cache ensure() checked or wrote: no second read of the path
     return OfflineBuffer(
         result.cache,
@@ -133,14 +143,16 @@ def _load_or_build_sharded(
     shards: int | str | None,
     ray: str | None,
     on_stale: str,
+    verify_payload: bool,
     **buffer: Any,
 ) -> OfflineBuffer:
     from ..convert.shards import datasets_of, ensure_sharded, requests_for
 
     datasets = datasets_of(folder) if dataset is None else dataset
     result = ensure_sharded(
-        requests_for(datasets, options), folder, shards=shards, ray=ray, on_stale=on_stale
-    )
+        requests_for(datasets, options), folder, shards=shards, ray=ray, on_stale=on_stale,
+        verify_payload=verify_payload,
+    )  # fmt: skip
     assert result.sharded is not None
     return OfflineBuffer(
         result.sharded, status=_STATUS[result.status], stale_reasons=result.reasons, **buffer

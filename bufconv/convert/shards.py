@@ -252,6 +252,7 @@ class _Job:
     path: str
     known: dict[str, tuple[int, int, str]]
     verify_payload: bool
+    force: bool = False
 
 
 def ensure_sharded(
@@ -310,7 +311,7 @@ def ensure_sharded(
         digests.append(_digest(state.cache) if state.cache is not None else None)
         existed |= state.exists
         if force or not state.fresh:
-            jobs.append(_Job(shard, request.source, request.options, str(target), {}, verify_payload))
+            jobs.append(_Job(shard, request.source, request.options, str(target), {}, verify_payload, force))
             if not force:
                 reasons += [f"{shard.file}: {r}" for r in state.reasons] or (
                     [f"{shard.file}: missing"] if old is not None else []
@@ -397,6 +398,7 @@ def _shard_task(job: _Job) -> dict[str, Any]:
     result = ensure(
         prepare(job.source, job.options),
         job.path,
+        force=job.force,
         known=job.known,
         reproducible=True,
         verify_payload=job.verify_payload,
