@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,7 +100,9 @@ def two_nodes() -> Iterator[str]:
         _stop(nodes, temp)
         log.close()
         patch.undo()
-        assert not _processes_of(temp), "a process of the test cluster survived"
+        survivors = _processes_of(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not survivors, "a process of the test cluster survived"
 
 
 def _wait_for_nodes(address: str, count: int, nodes: list[subprocess.Popen[bytes]], temp: str) -> None:
