@@ -170,6 +170,22 @@ def as_row(value: Any, row_shape: Sequence[int], name: str) -> torch.Tensor:
     return tensor
 
 
+def positions(idx: int | slice | Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
+    """`buffer[idx]`'s positions, int64 (k,): negative ones count from the end, as in a list.
+
+    Raises:
+        IndexError: a position outside a buffer of `n` transitions.
+    """
+    if isinstance(idx, slice):
+        index = torch.arange(n)[idx]
+    else:
+        index = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
+        index = torch.where(index < 0, index + n, index)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise IndexError(f"index out of range for a buffer of {n} transitions")
+    return index
+
+
 def random_generator() -> torch.Generator:
     generator = torch.Generator()
     generator.seed()  # fresh entropy; pass a seeded generator for reproducible batches

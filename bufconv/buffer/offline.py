@@ -26,7 +26,7 @@ import torch
 from ..cache.reader import CacheFile
 from ..cache.sharded import ShardedCache
 from ..errors import BufconvError
-from .batch import Batcher, BatchTransition, random_generator
+from .batch import Batcher, BatchTransition, positions, random_generator
 from .columns import CacheColumns, Columns, ShardColumns
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
@@ -198,14 +198,7 @@ class OfflineBuffer:
 
     def __getitem__(self, idx: int | slice | Sequence[int] | torch.Tensor) -> BatchTransition:
         """Transitions at `idx` (dataset rows first, then added ones), without augmentation."""
-        n = len(self)
-        if isinstance(idx, slice):
-            index = torch.arange(n)[idx]
-        else:
-            index = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
-            index = torch.where(index < 0, index + n, index)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-            raise IndexError(f"index out of range for a buffer of {n} transitions")
+        index = positions(idx, len(self))
         return self._batch(index, augment=False, image_dtype=torch.float32)
 
     def sample(

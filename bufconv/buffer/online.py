@@ -25,7 +25,7 @@ import torch
 
 from ..errors import BufconvError, CacheError
 from ..options import validate_range
-from .batch import Batcher, BatchTransition, random_generator
+from .batch import Batcher, BatchTransition, positions, random_generator
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
 from .rows import RowMaker
@@ -261,14 +261,7 @@ class OnlineBuffer:
 
     def __getitem__(self, idx: int | slice | Sequence[int] | torch.Tensor) -> BatchTransition:
         """Transitions at `idx` (0 = the oldest kept, as LeRobot numbers its ring), without augmentation."""
-        n = len(self)
-        if isinstance(idx, slice):
-            index = torch.arange(n)[idx]
-        else:
-            index = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
-            index = torch.where(index < 0, index + n, index)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-            raise IndexError(f"index out of range for a buffer of {n} transitions")
+        index = positions(idx, len(self))
         return self._batch(index, augment=False, image_dtype=torch.float32, generator=self.generator)
 
     def sample(

@@ -20,6 +20,7 @@ import torch
 
 from ..cache import segments as seg
 from ..cache.lock import locked
+from ..cache.manifest import write_manifest
 from ..errors import CacheError, LockTimeoutError
 from .store import NEXT_FRAME, OPEN, STATE_FRAME, Schema, TransitionStore
 
@@ -155,7 +156,7 @@ class Folder:
         self._claim()
         number = int(manifest["checkpoint"]) + 1
         if store is None:  # nothing ever added: an empty buffer is still a checkpoint
-            seg.write_manifest(self.path, dict(manifest, checkpoint=number))
+            write_manifest(self.path, dict(manifest, checkpoint=number))
             manifest["checkpoint"] = number
             return CheckpointResult(0, 0, 0, time.perf_counter() - started, number, 0, self.path)
         if not manifest["schema"]:
@@ -198,7 +199,7 @@ class Folder:
             segments=[s.to_json() for s in live],
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
-        seg.write_manifest(self.path, updated)  # the checkpoint lands here, whole
+        write_manifest(self.path, updated)  # the checkpoint lands here, whole
         self.manifest = updated
         seg.remove_files(self.path, retired)
         return CheckpointResult(

@@ -14,7 +14,6 @@ are all retired (the ring wrapped past them) leave the manifest and are deleted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from .. import errors as E
 from ..errors import CacheError, InvalidCacheError, Problem, unwritable_folder
+from .manifest import MANIFEST, manifest_format
+from .manifest import read_manifest as _read
 
 if TYPE_CHECKING:  # segments are read and written with torch; the manifest alone needs none (`info`)
     import torch
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # segments are read and written with torch; the manifest alon
 FOLDER_FORMAT = "bufconv.online_buffer"
 SEGMENT_FORMAT = "bufconv.online_segment"
 FOLDER_VERSION = 1
-MANIFEST = "manifest.json"
 _SEGMENT_NAME = re.compile(r"^seg-(\d{6,})\.pt$")
 
 
@@ -44,15 +44,8 @@ def segment_name(checkpoint: int) -> str:
 
 def is_buffer_folder(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is a folder holding an online buffer's manifest (not another kind of folder
-    with a manifest.json, such as a sharded cache)."""
-    manifest = Path(path) / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return True  # a damaged manifest of ours, most likely: `read_manifest` says what is wrong
-    return not isinstance(data, dict) or data.get("format") in (FOLDER_FORMAT, None)
+    with a manifest.json, such as a sharded cache; an unreadable one counts: the reader says why)."""
+    return manifest_format(path) in (FOLDER_FORMAT, "")
 
 
 @dataclass(frozen=True)
@@ -151,27 +144,6 @@ def write_segment(
     )
 
 
-def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
-    """Replace `<folder>/manifest.json` atomically (temporary file, fsync, rename, fsync of the folder).
-
-    Raises:
-        CacheError: the folder is not writable.
-    """
-    final = folder / MANIFEST
-    tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise unwritable_folder(folder, e) from e
-
-
 def new_manifest(schema: Mapping[str, Any], *, capacity: int, image_range: int, state_keys: list[str],
                  image_keys: list[str], kind: str) -> dict[str, Any]:  # fmt: skip
     """The manifest of an empty buffer (nothing committed yet)."""
@@ -197,22 +169,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     Raises:
         InvalidCacheError: `unreadable`, `not-a-cache` or `unsupported-version`.
     """
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise _invalid(folder, E.NOT_A_CACHE, f"no {MANIFEST}: not an online buffer folder") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _invalid(folder, E.UNREADABLE, f"{MANIFEST} cannot be read ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FOLDER_FORMAT:
-        raise _invalid(folder, E.NOT_A_CACHE, f"{MANIFEST} is not a {FOLDER_FORMAT} manifest")
-    if manifest.get("format_version") != FOLDER_VERSION:
-        raise _invalid(
-            folder,
-            E.UNSUPPORTED_VERSION,
-            f"{MANIFEST}: format version {manifest.get('format_version')!r}; this bufconv reads {FOLDER_VERSION}",
-        )
-    return manifest
+    return _read(folder, format=FOLDER_FORMAT, version=FOLDER_VERSION, what="an online buffer folder")
 
 
 def segments_of(manifest: Mapping[str, Any]) -> list[Segment]:
@@ -350,9 +307,3 @@ def summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "segments": len(segments),
         "bytes": sum(s.bytes for s in segments),
     }
-
-
-def _fsync_dir(folder: Path) -> None:
-    from .writer import fsync_dir
-
-    fsync_dir(folder)

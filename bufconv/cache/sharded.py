@@ -20,7 +20,6 @@ Transition `i` of the folder is row `i - first_row` of the shard whose rows hold
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import threading
@@ -36,8 +35,9 @@ from ..errors import InvalidCacheError, Problem
 from .checksum import INTEGRITY_PREFIX
 from .header import check_structure, read_header
 from .header import invalid as _invalid
-from .segments import MANIFEST
-from .segments import write_manifest as write_manifest  # atomic: temporary name, fsync, rename
+from .manifest import MANIFEST, manifest_format
+from .manifest import read_manifest as _read
+from .manifest import write_manifest as write_manifest  # atomic: temporary name, fsync, rename
 
 if TYPE_CHECKING:  # shards are mapped with torch; the manifest alone needs none (`info`, `verify --quick`)
     from .reader import CacheFile
@@ -56,15 +56,9 @@ def shard_name(index: int) -> str:
 
 
 def is_sharded_folder(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is a folder whose manifest.json is a sharded cache's (not an online buffer's)."""
-    manifest = Path(path) / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False  # `segments.is_buffer_folder` claims damaged manifests: its reader says what is wrong
-    return isinstance(data, dict) and data.get("format") == SHARDED_FORMAT
+    """Whether `path` is a folder whose manifest.json is a sharded cache's (not an online buffer's;
+    `segments.is_buffer_folder` claims damaged manifests: its reader says what is wrong)."""
+    return manifest_format(path) == SHARDED_FORMAT
 
 
 def digest_of(path: Path) -> str:
@@ -89,21 +83,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         InvalidCacheError: `unreadable`, `not-a-cache`, `unsupported-version` or `inconsistent`.
     """
     folder = Path(folder)
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise _invalid(folder, E.NOT_A_CACHE, f"no {MANIFEST}: not a sharded cache folder") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _invalid(folder, E.UNREADABLE, f"{MANIFEST} cannot be read ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != SHARDED_FORMAT:
-        raise _invalid(folder, E.NOT_A_CACHE, f"{MANIFEST} is not a {SHARDED_FORMAT} manifest")
-    if manifest.get("format_version") != SHARDED_VERSION:
-        raise _invalid(
-            folder,
-            E.UNSUPPORTED_VERSION,
-            f"{MANIFEST}: format version {manifest.get('format_version')!r}; this bufconv reads {SHARDED_VERSION}",
-        )
+    manifest = _read(folder, format=SHARDED_FORMAT, version=SHARDED_VERSION, what="a sharded cache folder")
     problem = _malformed(manifest)
     if problem:
         raise _invalid(folder, E.INCONSISTENT, f"{MANIFEST}: {problem}")
