@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 
 from ..cache import segments as seg
+from ..cache.checksum import CHECKSUM
 from ..cache.lock import locked
 from ..cache.manifest import write_manifest
+from ..cache.reader import CacheFile
 from ..errors import CacheError, LockTimeoutError
 from .store import NEXT_FRAME, OPEN, STATE_FRAME, Schema, TransitionStore
 
@@ -96,7 +99,9 @@ class Folder:
             (store or None if nothing was ever committed, transitions dropped, warnings).
         """
         self._claim()
-        opened = seg.open_folder(self.path)
+        # Checksums are verified while the rows are copied back (one read of the segments), not
+        # before; a mismatch reads the folder again, verifying, and takes the damaged path.
+        opened = seg.open_folder(self.path, verify_payload=False)
         manifest = opened.manifest
         if manifest.get("kind") != self.kind:
             raise CacheError(
@@ -114,10 +119,12 @@ class Folder:
         frames, transitions = manifest["frames"], manifest["transitions"]
         if not opened.damaged:
             store.reset(frames["first"], frames["end"], transitions["first"], transitions["end"])
-            for segment, cache in opened.segments:
-                _restore(store, segment, cache.tensors)
-            store.finish_restore()
-            return store, lost, warnings
+            if all([_restore(store, segment, cache) for segment, cache in opened.segments]):
+                store.finish_restore()
+                return store, lost, warnings
+            opened = seg.open_folder(self.path)
+            warnings = [p.message for p in opened.problems]
+            store = TransitionStore(capacity, Schema.from_json(manifest["schema"]), device)
         kept, dropped = _renumbered(store, opened, transitions)
         if self.read_only:
             return kept, lost + dropped, warnings
@@ -213,11 +220,20 @@ class Folder:
         )
 
 
-def _restore(store: TransitionStore, segment: seg.Segment, tensors: dict[str, torch.Tensor]) -> None:
-    frames = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("frames/")}
-    transitions = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("transitions/")}
-    store.put_frames(segment.first_frame, frames)
-    store.put_transitions(segment.first_transition, transitions)
+def _restore(store: TransitionStore, segment: seg.Segment, cache: CacheFile) -> bool:
+    """Copy a segment's live rows back into `store`, checking every tensor's checksum on the way.
+
+    Returns:
+        Whether every tensor matched its checksum.
+    """
+    ok = True
+    for name, rows in cache.tensors.items():
+        kind, column = name.split("/", 1)
+        first = segment.first_frame if kind == "frames" else segment.first_transition
+        digest = xxhash.xxh3_128()
+        store.put_column(kind, column, first, rows, digest)
+        ok &= cache.meta["tensors"][name]["checksum"] == f"{CHECKSUM}:{digest.hexdigest()}"
+    return ok
 
 
 def _renumbered(

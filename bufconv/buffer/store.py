@@ -31,6 +31,7 @@ NEXT_FRAME = "next_frame"
 OPEN = -1
 """`next_frame` of a transition added with `next_state=None`: it is the next transition's state."""
 _RELEASE_BYTES = 8 << 20  # give retired frames' memory back in runs of at least this much
+_HASH_PIECE = 1 << 20  # restored rows are copied and hashed in pieces of this size (they stay in cache)
 
 
 @dataclass(frozen=True)
@@ -238,21 +239,37 @@ class TransitionStore:
         self.first_frame, self.end_frame = first_frame, end_frame
         self._released = first_frame
 
-    def put_frames(self, first: int, rows: Mapping[str, torch.Tensor]) -> None:
-        """Restore frames numbered from `first` (the part outside the held numbers is skipped)."""
-        count = len(next(iter(rows.values()))) if rows else 0
-        lo, hi = max(first, self.first_frame), min(first + count, self.end_frame)
-        if hi > lo:
-            for key, value in rows.items():
-                _put_ring_rows(self.frames[key], lo, value[lo - first : hi - first])
+    def put_column(self, kind: str, name: str, first: int, rows: torch.Tensor, digest: Any = None) -> None:
+        """Restore one column's rows numbered from `first` (the part outside the held numbers is skipped).
 
-    def put_transitions(self, first: int, rows: Mapping[str, torch.Tensor]) -> None:
-        """Restore transitions numbered from `first` (the part outside the held numbers is skipped)."""
-        count = len(next(iter(rows.values()))) if rows else 0
-        lo, hi = max(first, self.first_transition), min(first + count, self.end_transition)
-        if hi > lo:
-            for name, value in rows.items():
-                _put_ring_rows(self.transitions[name], lo, value[lo - first : hi - first])
+        Args:
+            kind: "frames" or "transitions".
+            digest: An xxh3 hasher fed every row's bytes in order (`rows` may be a memory map of
+                a file: what is copied is hashed from the copy, in cache-sized pieces, so the
+                file is read once).
+        """
+        ring = self.frames[name] if kind == "frames" else self.transitions[name]
+        low, high = (
+            (self.first_frame, self.end_frame)
+            if kind == "frames"
+            else (self.first_transition, self.end_transition)
+        )
+        feed = (lambda t: digest.update(t.numpy())) if digest is not None else (lambda t: None)
+        lo, hi = max(first, low), min(first + len(rows), high)
+        if hi <= lo:
+            feed(rows)
+            return
+        feed(rows[: lo - first])
+        step = max(1, _HASH_PIECE // max(1, rows[0].nbytes))
+        done = lo - first
+        for a, b in _slot_runs(lo, hi, len(ring)):
+            for start in range(a, b, step):
+                end = min(start + step, b)
+                piece = ring[start:end]
+                piece.copy_(rows[done : done + end - start])
+                feed(piece)
+                done += end - start
+        feed(rows[hi - first :])
 
     def finish_restore(self) -> None:
         """After `put_*`: the first frame still needed is the oldest kept transition's state."""
