@@ -117,12 +117,25 @@ def to_range(x: torch.Tensor, src: int, dst: int) -> torch.Tensor:
     return y * 255.0 if dst == 255 else y / 255.0
 
 
-def to_uint8(x: torch.Tensor, image_range: int) -> torch.Tensor:
-    """Store images of range `image_range` as uint8 (rounded; uint8 input is returned as is)."""
+def to_uint8(x: torch.Tensor, image_range: int, *, scratch: np.ndarray | None = None) -> torch.Tensor:
+    """Store images of range `image_range` as uint8 (rounded half to even; uint8 input is returned as is).
+
+    Args:
+        scratch: float32 memory shaped like `x` to compute in (a buffer adding many images
+            reuses one instead of fresh pages for each).
+    """
     if x.dtype == torch.uint8:
         return x
-    scaled = x * 255.0 if validate_range(image_range) == 1 else x
-    return scaled.round().clamp_(0, 255).to(torch.uint8)
+    scale = 255.0 if validate_range(image_range) == 1 else 1.0
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        # numpy: the same float32 product and rounding as torch's, 3x faster for a live image
+        # (torch's float -> uint8 cast alone costs more than numpy's whole conversion).
+        scaled = np.multiply(x.detach().numpy(), np.float32(scale), dtype=np.float32, out=scratch)
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, 0, 255, out=scaled)
+        return torch.from_numpy(scaled.astype(np.uint8))
+    scaled_t = x * scale if scale != 1.0 else x
+    return scaled_t.round().clamp_(0, 255).to(torch.uint8)
 
 
 def from_uint8(

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .batch import Rows, take_rows
@@ -112,6 +113,15 @@ class TransitionStore:
         self.first_transition = self.end_transition = 0
         self.first_frame = self.end_frame = 0
         self._released = 0  # frames below this have been handed back
+        # On the CPU, rows are written and links read through numpy views of the same memory:
+        # a live transition is a dozen small writes, and numpy's cost a few times less per write.
+        self._cpu = device.type == "cpu"
+        self._np = (
+            {**{f"frames/{k}": t.numpy() for k, t in self.frames.items()},
+             **{k: t.numpy() for k, t in self.transitions.items()}}
+            if self._cpu
+            else {}
+        )  # fmt: skip
 
     # ---- size -------------------------------------------------------------------------------
 
@@ -121,22 +131,40 @@ class TransitionStore:
     @property
     def newest_is_open(self) -> bool:
         """Whether the newest transition still waits for its next frame (added with next_state=None)."""
-        return len(self) > 0 and int(self._link(NEXT_FRAME, self.end_transition - 1)) == OPEN
+        return len(self) > 0 and self._link(NEXT_FRAME, self.end_transition - 1) == OPEN
 
     def state_frame_of(self, transition: int) -> int:
         """The frame number of a kept transition's state."""
-        return int(self._link(STATE_FRAME, transition))
+        return self._link(STATE_FRAME, transition)
 
-    def _link(self, name: str, t: int) -> torch.Tensor:
-        return self.transitions[name][t % self.capacity]
+    def _link(self, name: str, t: int) -> int:
+        slot = t % self.capacity
+        return int(self._np[name][slot] if self._cpu else self.transitions[name][slot])
+
+    def _set_link(self, name: str, t: int, value: int) -> None:
+        slot = t % self.capacity
+        if self._cpu:
+            self._np[name][slot] = value
+        else:
+            self.transitions[name][slot] = value
+
+    def _put(self, name: str, slot: int, value: Any) -> None:
+        """Row `slot` of a column ("frames/<key>" or a transition column) := `value` (array, tensor or scalar)."""
+        if self._cpu:
+            self._np[name][slot] = value
+        else:
+            table = (
+                self.frames[name[len("frames/") :]] if name.startswith("frames/") else self.transitions[name]
+            )
+            table[slot].copy_(torch.as_tensor(value))
 
     # ---- writing ----------------------------------------------------------------------------
 
     def add(
         self,
-        state: Mapping[str, torch.Tensor] | None,
-        next_state: Mapping[str, torch.Tensor] | None,
-        columns: Mapping[str, torch.Tensor],
+        state: Mapping[str, Any] | None,
+        next_state: Mapping[str, Any] | None,
+        columns: Mapping[str, Any],
         *,
         ends_episode: bool,
     ) -> None:
@@ -153,15 +181,15 @@ class TransitionStore:
         """
         previous = self.end_transition - 1 if len(self) else None
         if state is None:
-            if previous is None or int(self._link(NEXT_FRAME, previous)) == OPEN:
+            if previous is None or self._link(NEXT_FRAME, previous) == OPEN:
                 raise ValueError("state=None needs a previous transition with a next frame")
-            state_frame = int(self._link(NEXT_FRAME, previous))
-        elif previous is not None and int(self._link(NEXT_FRAME, previous)) == OPEN:
+            state_frame = self._link(NEXT_FRAME, previous)
+        elif previous is not None and self._link(NEXT_FRAME, previous) == OPEN:
             state_frame = self._append(state)
-            self._link(NEXT_FRAME, previous).fill_(state_frame)
+            self._set_link(NEXT_FRAME, previous, state_frame)
         elif (
             previous is not None
-            and int(self._link(NEXT_FRAME, previous)) == self.end_frame - 1
+            and self._link(NEXT_FRAME, previous) == self.end_frame - 1
             and self._equals_last(state)
         ):
             state_frame = self.end_frame - 1
@@ -173,26 +201,30 @@ class TransitionStore:
             next_frame = state_frame if ends_episode else OPEN
         slot = self.end_transition % self.capacity
         for name, value in columns.items():
-            self.transitions[name][slot].copy_(value)
-        self.transitions[STATE_FRAME][slot] = state_frame
-        self.transitions[NEXT_FRAME][slot] = next_frame
+            self._put(name, slot, value)
+        self._set_link(STATE_FRAME, self.end_transition, state_frame)
+        self._set_link(NEXT_FRAME, self.end_transition, next_frame)
         self.end_transition += 1
         if len(self) > self.capacity:
             self.first_transition += 1
-        self.first_frame = int(self._link(STATE_FRAME, self.first_transition))
+        self.first_frame = self._link(STATE_FRAME, self.first_transition)
         self._release()
 
-    def _append(self, row: Mapping[str, torch.Tensor]) -> int:
+    def _append(self, row: Mapping[str, Any]) -> int:
         g = self.end_frame
         slot = g % self.frame_capacity
         for key, value in row.items():
-            self.frames[key][slot].copy_(value)
+            self._put(f"frames/{key}", slot, value)
         self.end_frame += 1
         return g
 
-    def _equals_last(self, row: Mapping[str, torch.Tensor]) -> bool:
+    def _equals_last(self, row: Mapping[str, Any]) -> bool:
         slot = (self.end_frame - 1) % self.frame_capacity
-        return all(torch.equal(self.frames[k][slot], v.to(self.device)) for k, v in row.items())
+        if self._cpu:
+            return all(np.array_equal(self._np[f"frames/{k}"][slot], v) for k, v in row.items())
+        return all(
+            torch.equal(self.frames[k][slot], torch.as_tensor(v).to(self.device)) for k, v in row.items()
+        )
 
     def _release(self) -> None:
         """Hand the memory of retired frames back to the OS, in runs of at least `_RELEASE_BYTES`."""
@@ -274,7 +306,7 @@ class TransitionStore:
     def finish_restore(self) -> None:
         """After `put_*`: the first frame still needed is the oldest kept transition's state."""
         if len(self):
-            self.first_frame = max(self.first_frame, int(self._link(STATE_FRAME, self.first_transition)))
+            self.first_frame = max(self.first_frame, self._link(STATE_FRAME, self.first_transition))
         self._released = self.first_frame
 
 
