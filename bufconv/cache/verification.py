@@ -137,12 +137,7 @@ def verify(
     report.format_version = 1
     report.frames = int(meta["frames"])
     report.ranges = {k: v["output"] for k, v in meta["ranges"].items()}
-    for key, declared in report.ranges.items():
-        if image_range is not None and declared != image_range:
-            report.add(
-                E.RANGE_MISMATCH,
-                f"{key}: the cache declares range {declared}; {image_range} was expected (rebuild with --range {image_range})",
-            )
+    _check_declared(report, image_range)
     if cache is not None:
         _check_pixels(cache, report)
     report.checked.append("ranges")
@@ -204,12 +199,7 @@ def _verify_sharded(
     report.format_version = manifest["format_version"]
     report.frames = int(manifest["frames"])
     report.ranges = {k: v["output"] for k, v in manifest["ranges"].items()}
-    for key, declared in report.ranges.items():
-        if image_range is not None and declared != image_range:
-            report.add(
-                E.RANGE_MISMATCH,
-                f"{key}: the cache declares range {declared}; {image_range} was expected (rebuild with --range {image_range})",
-            )
+    _check_declared(report, image_range)
     report.checked.append("ranges")
     if dataset is None:
         return
@@ -232,6 +222,16 @@ def _verify_sharded(
         _check_fresh(meta, dataset, sub)
         report.problems += [Problem(p.code, f"{shard['file']}: {p.message}") for p in sub.problems]
     report.checked.append("freshness")
+
+
+def _check_declared(report: VerifyReport, image_range: int | None) -> None:
+    """A `range-mismatch` per image key whose declared range is not the expected one."""
+    for key, declared in report.ranges.items():
+        if image_range is not None and declared != image_range:
+            report.add(
+                E.RANGE_MISMATCH,
+                f"{key}: the cache declares range {declared}; {image_range} was expected (rebuild with --range {image_range})",
+            )
 
 
 def verify_or_raise(path: str | os.PathLike[str], **kwargs: Any) -> VerifyReport:
