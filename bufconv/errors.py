@@ -56,6 +56,10 @@ GRIPPER_MISMATCH = "gripper-mismatch"
 FPS_MISMATCH = "fps-mismatch"
 CLAMP_BEFORE_RANGE = "clamp-before-range"
 CROP_MISMATCH = "crop-mismatch"  # a cache cropped/resized otherwise than the config's env processor
+# The image chain (SPEC section 14): what each network's first layer sees.
+NORMALIZER_RANGE_MISMATCH = "normalizer-range-mismatch"  # stats in [0,1] units on [0,255] images, or the reverse
+PATH_MISMATCH = "path-mismatch"  # two paths into one network map the same pixel differently
+CLASSIFIER_INPUT_MISMATCH = "classifier-input-mismatch"  # the reward classifier's actor path differs from its training
 
 
 @dataclass(frozen=True)
@@ -149,3 +153,5 @@ class RangeMismatchError(BufconvError, ValueError):
         self.found_max = found_max
         #: "range-mismatch" or "double-normalized": the same codes `bufconv verify` reports.
         self.problem = problem
+        #: The path and its pixel map (`PixelMap.describe()`), when the check was against a map.
+        self.path_map: str | None = None

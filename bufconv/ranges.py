@@ -14,7 +14,7 @@ An all-zero image is ambiguous (black frame, either range) and accepted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import DOUBLE_NORMALIZED, RANGE_MISMATCH, RangeMismatchError
 from .options import validate_range
+from .pixelmap import PixelMap, check_mapped
 
 #: Values at or below this (and not all zero) are taken as "divided by 255 twice".
 DOUBLE_NORMALIZED_MAX = 1.0 / 255.0 + 1e-6
@@ -176,7 +177,14 @@ def _tensors_to_check(
 
 
 def guard_encoder(
-    module: nn.Module, image_range: int, *, keys: Iterable[str] | None = None, every: int = 1
+    module: nn.Module,
+    image_range: int,
+    *,
+    keys: Iterable[str] | None = None,
+    every: int = 1,
+    pixel_maps: Sequence[PixelMap] | None = None,
+    names: Sequence[str] | None = None,
+    where: str = "policy encoder",
 ) -> torch.utils.hooks.RemovableHandle:
     """Check the images reaching `module.forward` against `image_range` (a forward pre-hook).
 
@@ -188,6 +196,13 @@ def guard_encoder(
         image_range: The range the encoder expects: 1, or 255 if it normalises its inputs itself.
         keys: Dict keys to check (default: image-looking keys).
         every: Check one call in `every` (the check costs one min/max pass over the images).
+        pixel_maps: What the encoder receives when a normalizer runs before it (SPEC section 14):
+            the map of each camera whose images are concatenated along dim 0 into one positional
+            input, in order (LeRobot's SAC encoders take all cameras as one batch). A tensor is then
+            checked against the image of [0,255] under its camera's map (`pixelmap.map_problem`),
+            not against a range. Cameras whose map is the range alone are checked as without maps.
+        names: The cameras' keys, for messages (with `pixel_maps`).
+        where: The path, for messages (with `pixel_maps`).
 
     Returns:
         The hook handle; `.remove()` it to stop checking.
@@ -198,6 +213,23 @@ def guard_encoder(
     validate_range(image_range)
     wanted = None if keys is None else set(keys)
     calls = [0]
+    maps = list(pixel_maps) if pixel_maps else None
+    labels = list(names) if names else None
+    plain = maps is None or all(m.is_range(image_range) for m in maps)
+
+    def check_mapped_batch(tensor: torch.Tensor, fallback: str) -> None:
+        if maps is None:
+            return
+        if tensor.ndim < 4 or tensor.shape[0] % len(maps):
+            if all(m.same_as(maps[0]) for m in maps):
+                check_mapped(tensor, maps[0], name=fallback, where=where)
+            return  # cameras with different maps, not split evenly: nothing to tell them apart by
+        for i, chunk in enumerate(torch.chunk(tensor, len(maps), dim=0)):
+            name = labels[i] if labels and i < len(labels) else f"{fallback} camera {i}"
+            if maps[i].is_range(image_range):
+                check_range(chunk, image_range, name=name)
+            else:
+                check_mapped(chunk, maps[i], name=name, where=where)
 
     def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         calls[0] += 1
@@ -205,10 +237,16 @@ def guard_encoder(
             return
         for i, arg in enumerate(args):
             for name, tensor in _tensors_to_check(arg, wanted, f"{type(_module).__name__} input {i}"):
-                check_range(tensor, image_range, name=name)
+                if plain:
+                    check_range(tensor, image_range, name=name)
+                else:
+                    check_mapped_batch(tensor, name)
         for key, arg in kwargs.items():
             for name, tensor in _tensors_to_check(arg, wanted, key):
-                check_range(tensor, image_range, name=name)
+                if plain:
+                    check_range(tensor, image_range, name=name)
+                else:
+                    check_mapped_batch(tensor, name)
 
     return module.register_forward_pre_hook(hook, with_kwargs=True)
 

@@ -28,7 +28,7 @@ RANK = {
     "lerobot": 6,
     "front": 7,
 }
-SHARED = {"errors", "options", "ranges"}
+SHARED = {"errors", "options", "ranges", "pixelmap"}
 FRONT = {"cli", "demo"}
 FACADES = {"bufconv", "bufconv.lerobot"}  # re-export names lazily, from every stage
 

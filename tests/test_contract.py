@@ -180,6 +180,9 @@ def test_range_mismatch_of_the_original_bug(sim_cache: Path) -> None:
     """A cache delivering [0,1] to an encoder that divides by 255 itself: the images reach it 255x too small."""
     cfg = config(robot=False)
     cfg["policy"]["normalise_inputs"] = True
+    # An encoder that normalises its own inputs takes raw pixels: no normalizer before it (with
+    # the reference's MEAN_STD, normalizer-range-mismatch is reported too: tests/test_chain.py).
+    cfg["policy"]["normalization_mapping"]["VISUAL"] = "IDENTITY"
     report = bufconv.check(sim_cache, cfg)
     (finding,) = report.findings
     assert finding.code == "range-mismatch" and finding.severity == "error"

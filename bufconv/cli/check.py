@@ -57,8 +57,11 @@ def check(source: str, config_path: str, processor: str | None, as_json: bool) -
 
     Compares image keys and shapes (after crop/resize) with the policy's input features, the
     image range with what the policy expects, actions with end_effector_bounds (the fraction of
-    frames outside, per axis), the gripper with the env's gripper settings, fps, and the order of
-    the range and crop/resize steps. Each finding has a code, a severity and a fix.
+    frames outside, per axis), the gripper with the env's gripper settings, fps, the order of
+    the range and crop/resize steps, and the image chain: per path (offline, online, actor, the
+    reward classifier's actor and training paths) the map from a stored pixel to the network's
+    first layer, through the range, the policy's normalizer and the encoder's own normalization.
+    Each finding has a code, a severity and a fix.
 
     \b
     Example:
@@ -79,6 +82,10 @@ def check(source: str, config_path: str, processor: str | None, as_json: bool) -
         warnings = len(report.findings) - errors
         state = "ok" if not report.findings else f"{errors} error(s), {warnings} warning(s)"
         click.echo(f"{report.source}: {state} against {report.config} (checked: {', '.join(report.checked)})")
+        if report.chain:
+            click.echo("image chain (what each network's first layer sees of a stored pixel p):")
+            for line in report.chain_lines():
+                click.echo(f"  {line}")
         for f in report.findings:
             click.echo(f"[{f.code}] {f.severity}: {f.message}")
     sys.exit(0 if report.ok else 1)

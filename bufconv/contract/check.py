@@ -25,24 +25,11 @@ from ..source.actions import action_facts
 from ..source.dataset import ACTION_KEY
 from ..source.layouts import open_dataset
 from ..source.transform import frame_transform
+from .chain import check_chain
 from .config import TrainingConfig, read_config
+from .report import WARNING, CheckReport, Finding  # noqa: F401  (Finding: re-exported)
 
-ERROR, WARNING = "error", "warning"
 _RANGE_TEXT = {1: "[0,1]", 255: "[0,255]"}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One way the data does not fit the config: a stable code, "error" or "warning", and what to do."""
-
-    code: str
-    severity: str
-    message: str
-    details: dict[str, Any] = field(default_factory=dict)
-    """Machine-readable context (key, axis, fraction, expected, found), for `--json`."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "severity": self.severity, "message": self.message, **self.details}
 
 
 @dataclass
@@ -64,38 +51,6 @@ class DataFacts:
     """(N, A), floating, in the data's own precision (bounds are compared in it: 0.01 stored as
     float32 is not below a bound of 0.01)."""
     action_facts: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class CheckReport:
-    """The findings of one check. `ok` is true when none is an error (warnings allowed)."""
-
-    source: str
-    kind: str
-    config: str
-    checked: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not any(f.severity == ERROR for f in self.findings)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == ERROR]
-
-    def add(self, code: str, message: str, severity: str = ERROR, **details: Any) -> None:
-        self.findings.append(Finding(code, severity, message, details))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "source": self.source,
-            "kind": self.kind,
-            "config": self.config,
-            "checked": self.checked,
-            "findings": [f.to_json() for f in self.findings],
-        }
 
 
 # ---- what the data says ---------------------------------------------------------------------
@@ -395,16 +350,32 @@ def check(
             ("action bounds", expected.bounds is not None),
             ("gripper", expected.gripper is not None),
             ("processor order", expected.steps is not None),
+            ("image chain", True),
         )
         if done
     ]
     _check_shapes(data, expected, report)
     _check_range(data, expected, report)
+    # A dataset is built in the config's range by the learner drop-in.
+    offline = data.ranges if data.ranges is not None else dict.fromkeys(data.image_keys, expected.image_range)
+    check_chain(expected, offline, report)
     _check_crop(data, expected, report)
     _check_fps(data, expected, report)
     _check_bounds(data, expected, report)
     _check_gripper(data, expected, report)
     _check_steps(expected, report)
+    return report
+
+
+def check_config(config: Any, *, image_range: int | None = None, processor: Any = None) -> CheckReport:
+    """The image chain of a training config alone, for a run without offline data (online only).
+
+    Returns:
+        A `CheckReport` of kind "config": the online and actor paths and the reward classifier's.
+    """
+    expected = read_config(config, image_range=image_range, processor=processor)
+    report = CheckReport(expected.source, "config", expected.source, checked=["image chain"])
+    check_chain(expected, None, report)
     return report
 
 

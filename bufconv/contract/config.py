@@ -12,7 +12,12 @@ attributes). The fields read, all optional:
 - `env.processor.image_preprocessing.crop_params_dict` / `resize_size`;
 - `env.processor.inverse_kinematics.end_effector_bounds` (`{"min": [x, y, z], "max": [...]}`);
 - the gripper: `policy.num_discrete_actions`, `env.processor.gripper.use_gripper`, `env.robot`,
-  `policy.dataset_stats["action"]`.
+  `policy.dataset_stats["action"]`;
+- the image normalizer: `policy.normalization_mapping["VISUAL"]` and `policy.dataset_stats[key]`
+  (absent: LeRobot's SAC defaults, MEAN_STD on ImageNet stats under `observation.image`), the
+  same names in 0.3.x (`sac`) and 0.4+ (`gaussian_actor`);
+- the reward classifier: `env.processor.reward_classifier.pretrained_path` (0.4+) or
+  `env.reward_classifier_pretrained_path` (0.3.x).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..options import Crop, parse_resize, validate_crop, validate_range
+from .normalizer import Normalizer, from_policy
 
 #: Policy config flags that mean "the encoder divides by 255 itself" (so it wants [0,255] input).
 SELF_NORMALISING_FLAGS = ("normalise_inputs", "normalize_inputs", "normalize_images", "normalise_images")
@@ -33,6 +39,13 @@ SELF_NORMALISING_FLAGS = ("normalise_inputs", "normalize_inputs", "normalize_ima
 #: LeRobot's robot pipeline reads a gripper command as {0 = close, 1 = stay, 2 = open}
 #: (`GripperVelocityToJoint(discrete_gripper=True)`, the gamepad and keyboard teleops).
 ROBOT_GRIPPER_VALUES = (0.0, 1.0, 2.0)
+
+#: LeRobot's SAC policy types (0.3.x `sac`, 0.6.x `gaussian_actor`): absent normalization fields take
+#: their defaults, MEAN_STD on ImageNet stats under `observation.image`.
+LEROBOT_SAC_TYPES = ("sac", "gaussian_actor")
+
+#: The registry name of bufconv's reward classifier step (`bufconv.lerobot.classifier`).
+CLASSIFIER_STEP = "bufconv_reward_classifier"
 
 
 def get(obj: Any, *path: str) -> Any:
@@ -98,6 +111,9 @@ class ProcessorStep:
     """For a range step: the range it puts images in."""
     resize: tuple[int, int] | None = None
     """For LeRobot's crop/resize step: its `resize_size` (a resize clamps to [0,1])."""
+    classifier: str | None = None
+    """For a reward classifier step: "lerobot" (LeRobot's own: images as they come) or "trained"
+    (bufconv's: the classifier's saved pre-processor on [0,1] images)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,10 @@ class TrainingConfig:
     gripper: GripperSpec | None = None
     steps: tuple[ProcessorStep, ...] | None = None
     """The observation processor pipeline, when one was given."""
+    normalizers: dict[str, Normalizer] = field(default_factory=dict)
+    """The policy's normalizer per image key (IDENTITY where it leaves images as they come)."""
+    classifier_path: str | None = None
+    """The reward classifier the actor's env pipeline runs, if any (its pretrained folder or repo id)."""
 
     @property
     def image_keys(self) -> list[str]:
@@ -232,7 +252,11 @@ def _steps(processor: Any) -> tuple[ProcessorStep, ...] | None:
         else:
             name, settings = type(step).__name__, step
         resize = get(settings, "resize_size")
-        if "crop_resize" in name or name.endswith("ImageCropResizeProcessorStep"):
+        if name == CLASSIFIER_STEP or name.endswith("TrainedInputRewardClassifierStep"):
+            out.append(ProcessorStep(name, classifier="trained"))
+        elif name == "reward_classifier_processor" or name.endswith("RewardClassifierProcessorStep"):
+            out.append(ProcessorStep(name, classifier="lerobot"))
+        elif "crop_resize" in name or name.endswith("ImageCropResizeProcessorStep"):
             out.append(ProcessorStep(name, resize=None if resize is None else parse_resize(resize)))
         elif name == "bufconv_image_range" or name.endswith("ImageRangeProcessorStep"):
             out.append(
@@ -241,6 +265,26 @@ def _steps(processor: Any) -> tuple[ProcessorStep, ...] | None:
         else:
             out.append(ProcessorStep(name))
     return tuple(out)
+
+
+def _normalizers(cfg: Any, features: dict[str, ExpectedFeature]) -> dict[str, Normalizer]:
+    policy = get(cfg, "policy")
+    if policy is None:
+        return {}
+    mapping = get(policy, "normalization_mapping")
+    stats = get(policy, "dataset_stats")
+    defaults = str(get(policy, "type") or "") in LEROBOT_SAC_TYPES
+    if mapping is None:  # LeRobot fills its SAC defaults in; another policy's are not known here
+        mapping = {"VISUAL": "MEAN_STD"} if defaults else {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"policy.normalization_mapping {mapping!r}: expected a mapping of feature types to modes")
+    if stats is None and not defaults:
+        stats = {}
+    keys = [k for k, f in features.items() if f.kind == "VISUAL"]
+    try:
+        return {key: from_policy(dict(mapping), stats, key) for key in keys}
+    except ValueError as e:
+        raise ConfigError(f"policy: {e}") from e
 
 
 def read_config(config: Any, *, image_range: int | None = None, processor: Any = None) -> TrainingConfig:
@@ -266,6 +310,9 @@ def read_config(config: Any, *, image_range: int | None = None, processor: Any =
     crops = get(preprocessing, "crop_params_dict") or {}
     resize = get(preprocessing, "resize_size")
     fps = get(cfg, "env", "fps") if get(cfg, "env") is not None else None
+    classifier = get(cfg, "env", "processor", "reward_classifier", "pretrained_path") or get(
+        cfg, "env", "reward_classifier_pretrained_path"
+    )
     try:
         return TrainingConfig(
             source=source,
@@ -278,6 +325,8 @@ def read_config(config: Any, *, image_range: int | None = None, processor: Any =
             bounds=_bounds(cfg),
             gripper=_gripper(cfg, None if action is None else (action.shape or (0,))[-1]),
             steps=_steps(processor),
+            normalizers=_normalizers(cfg, features),
+            classifier_path=None if classifier is None else str(classifier),
         )
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from e

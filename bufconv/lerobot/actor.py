@@ -2,19 +2,23 @@
 
 python -m bufconv.lerobot.actor --config_path train_config.json [--bufconv.image_range=255]
 
-Three things differ from LeRobot's own actor:
+Four things differ from LeRobot's own actor:
 
 - the env processor gets `ImageRangeProcessorStep(image_range)` right after LeRobot's
   `VanillaObservationProcessorStep`, so live images leave the actor in the range the learner's
   buffers and encoder use (and are checked there): LeRobot's config has no place for a step of
   one's own;
-- the policy's image encoders check what they see (`--bufconv.guard`, default true);
+- the policy's image encoders check what they see (`--bufconv.guard`, default true), against
+  the map of the config's normalizer (LeRobot's default MEAN_STD included);
+- a reward classifier in the env processor receives what its training gave it: [0,1] images
+  through its saved pre-processor, at either range (LeRobot 0.6.1's step skips that
+  pre-processor; `--bufconv.classifier_input=lerobot` keeps its behaviour);
 - when the learner goes away (killed, restarted with `resume=true`), the actor reconnects to it
   and goes on sending transitions: LeRobot 0.6.1's streaming threads end at the first gRPC
   error, so its actor keeps stepping the env for nobody.
 
 Options as for the learner (`bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`,
-`--bufconv.hook`.
+`--bufconv.hook`; and `--bufconv.classifier_input=trained|lerobot`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .entry import guarded_make_policy, parse_bool, parse_range, run_hooks, spli
 log = logging.getLogger("bufconv")
 
 ACTOR_MODULES = ("lerobot.rl.actor", "lerobot.scripts.rl.actor")
-OPTIONS = ("image_range", "guard", "hook")
+OPTIONS = ("image_range", "guard", "hook", "classifier_input")
 #: The actor's streaming functions, each run in its own thread/process until shutdown.
 STREAMS = ("send_transitions", "send_interactions", "receive_policy")
 RECONNECT_DELAY_S = 2.0
@@ -37,13 +41,25 @@ RECONNECT_DELAY_S = 2.0
 _ZERO_ONE_STEPS = ("VanillaObservationProcessorStep", "ImageCropResizeProcessorStep")
 
 
-def with_range_step(make_processors: Any, image_range: int) -> Any:
-    """LeRobot's `make_processors`, whose env processor puts images in `image_range` and checks them."""
+def with_range_step(make_processors: Any, image_range: int, classifier_input: str = "trained") -> Any:
+    """LeRobot's `make_processors`, whose env processor puts images in `image_range` and checks them.
+
+    A reward classifier in the env processor (LeRobot's `RewardClassifierProcessorStep`) receives
+    what its training gave it, whatever the range: [0,1] images through its saved pre-processor
+    (`classifier_input="trained"`), or LeRobot's plain [0,1] images (`"lerobot"`).
+    """
     if hasattr(make_processors, "__wrapped__"):
         return make_processors
+    from .classifier import CLASSIFIER_INPUTS
+
+    if classifier_input not in CLASSIFIER_INPUTS:
+        raise ValueError(
+            f"--bufconv.classifier_input: expected one of {', '.join(CLASSIFIER_INPUTS)}; got {classifier_input!r}"
+        )
 
     @functools.wraps(make_processors)
     def make_ranged_processors(*args: Any, **kwargs: Any) -> Any:
+        from .classifier import mend_classifier_steps
         from .processor import ImageRangeProcessorStep
 
         env_processor, action_processor = make_processors(*args, **kwargs)
@@ -52,6 +68,7 @@ def with_range_step(make_processors: Any, image_range: int) -> Any:
         # after resizing, which would flatten [0,255] images (`bufconv check`'s clamp-before-range).
         at = max((i + 1 for i, step in enumerate(steps) if type(step).__name__ in _ZERO_ONE_STEPS), default=0)
         steps.insert(at, ImageRangeProcessorStep(image_range=image_range))
+        mend_classifier_steps(steps, at, image_range, classifier_input)
         env_processor.steps = steps
         log.info("bufconv: env processor: %s", " -> ".join(type(step).__name__ for step in steps))
         return env_processor, action_processor
@@ -80,7 +97,14 @@ def reconnecting(stream: Any) -> Any:
     return run
 
 
-def install(module: Any = None, *, image_range: int = 1, guard: bool = False, reconnect: bool = True) -> Any:
+def install(
+    module: Any = None,
+    *,
+    image_range: int = 1,
+    guard: bool = False,
+    reconnect: bool = True,
+    classifier_input: str = "trained",
+) -> Any:
     """Make LeRobot's actor send images in `image_range`, check them, and survive learner restarts.
 
     Args:
@@ -88,6 +112,8 @@ def install(module: Any = None, *, image_range: int = 1, guard: bool = False, re
         image_range: The range of the learner's buffers and encoder (1 or 255).
         guard: Range-check every forward of the policy's image encoders.
         reconnect: Restart the streaming functions when the learner goes away.
+        classifier_input: What a reward classifier in the env processor receives: "trained" (its
+            saved pre-processor on [0,1] images, as in its training) or "lerobot" (plain [0,1] images).
 
     Returns:
         The patched module.
@@ -98,7 +124,7 @@ def install(module: Any = None, *, image_range: int = 1, guard: bool = False, re
         module = import_first(ACTOR_MODULES, "the LeRobot actor")
     if not hasattr(module, "make_processors"):
         raise ImportError(f"{module.__name__} has no make_processors to extend")
-    module.make_processors = with_range_step(module.make_processors, image_range)
+    module.make_processors = with_range_step(module.make_processors, image_range, classifier_input)
     if guard and hasattr(module, "make_policy"):
         module.make_policy = guarded_make_policy(module.make_policy, image_range)
     if reconnect:
@@ -114,6 +140,7 @@ def main() -> None:
         module = install(
             image_range=parse_range(options.get("image_range")) or 1,
             guard=parse_bool((options.get("guard") or ["true"])[-1], "guard"),
+            classifier_input=(options.get("classifier_input") or ["trained"])[-1],
         )
         run_hooks(options.get("hook", []), module)
     except (ImportError, ValueError) as e:

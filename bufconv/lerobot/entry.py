@@ -21,12 +21,13 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from torch import nn
 
 from ..options import validate_range
+from ..pixelmap import PixelMap
 from ..ranges import guard_encoder
 
 log = logging.getLogger("bufconv")
@@ -119,39 +120,71 @@ def image_encoders(policy: nn.Module) -> list[nn.Module]:
     return list(found.values())
 
 
-def guard_policy(policy: nn.Module, image_range: int) -> int:
-    """`guard_encoder` on each of the policy's image encoders; returns how many were guarded."""
-    encoders = image_encoders(policy)
-    for encoder in encoders:
-        guard_encoder(encoder, image_range)
-    if encoders:
+def encoder_maps(policy_cfg: Any, image_range: int) -> dict[str, PixelMap]:
+    """What each image key's encoder receives, from the policy config's normalizer and the range."""
+    from ..contract.chain import encoder_maps as chain_maps
+    from ..contract.config import read_config
+
+    return chain_maps(read_config(SimpleNamespace(policy=policy_cfg), image_range=image_range))
+
+
+def guard_policy(policy: nn.Module, image_range: int, maps: dict[str, PixelMap] | None = None) -> int:
+    """`guard_encoder` on each of the policy's image encoders; returns how many were guarded.
+
+    Args:
+        policy: A LeRobot policy.
+        image_range: The range of its buffers.
+        maps: What each image key's encoder receives (`encoder_maps`): with a normalizer before the
+            encoder (LeRobot's default MEAN_STD), each camera is checked against the image of [0,255]
+            under its map, not against the range. None: the range alone (an IDENTITY normalizer).
+    """
+    owners: dict[int, nn.Module] = {}
+    for module in policy.modules():
+        encoder = getattr(module, "image_encoder", None)
+        if isinstance(encoder, nn.Module):
+            owners.setdefault(id(encoder), module)
+    for owner in owners.values():
+        keys = list(getattr(owner, "image_keys", None) or [])
+        chunk_maps = [maps[k] for k in keys if maps and k in maps] if maps else []
+        if maps and len(chunk_maps) != len(keys):
+            chunk_maps = []  # an encoder over keys the config does not name: the range alone
+        guard_encoder(
+            owner.image_encoder,
+            image_range,
+            pixel_maps=chunk_maps or None,
+            names=keys or None,
+            where="learner batch or actor observation -> policy encoder",
+        )
+    if owners:
+        described = sorted({m.describe() for m in (maps or {}).values()})
         log.info(
-            "bufconv: %d image encoder(s) of %s check every forward against range %d",
-            len(encoders),
+            "bufconv: %d image encoder(s) of %s check every forward against range %d%s",
+            len(owners),
             type(policy).__name__,
             image_range,
+            f" (the encoder receives {'; '.join(described)})" if described else "",
         )
     else:
         log.warning("bufconv: %s has no image_encoder to guard", type(policy).__name__)
-    return len(encoders)
+    return len(owners)
 
 
 def guarded_make_policy(make_policy: Callable[..., Any], image_range: int | None) -> Callable[..., Any]:
     """LeRobot's `make_policy`, whose policies check their image encoders' inputs.
 
-    The range is `image_range`, else the one `resolve_image_range` finds in the policy config.
+    The range is `image_range`, else the one `resolve_image_range` finds in the policy config;
+    the map each encoder is checked against comes from the config's normalizer (SPEC section 14).
     """
     if hasattr(make_policy, "__wrapped__"):
         return make_policy
 
     def make_guarded_policy(*args: Any, **kwargs: Any) -> Any:
-        from types import SimpleNamespace
-
         from .offline import resolve_image_range
 
         policy = make_policy(*args, **kwargs)
         policy_cfg = kwargs.get("cfg", args[0] if args else None)
-        guard_policy(policy, resolve_image_range(SimpleNamespace(policy=policy_cfg), image_range))
+        resolved = resolve_image_range(SimpleNamespace(policy=policy_cfg), image_range)
+        guard_policy(policy, resolved, encoder_maps(policy_cfg, resolved))
         return policy
 
     make_guarded_policy.__wrapped__ = make_policy  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..buffer.online import DEFAULT_ONLINE_CAPACITY, OnlineBuffer
 from .offline import OFFLINE_ADDED_FOLDER, resolve_image_range
+from .preflight import preflight
 
 log = logging.getLogger("bufconv")
 
@@ -36,11 +37,18 @@ def initialize_replay_buffer(
     resumed from there (what the last checkpoint committed). Capacity, state keys and the image
     range come from the config as for the offline buffer (an explicit `image_range=` wins).
 
+    The image chain of the config (`bufconv check`'s, without the offline data) is checked here, at start.
+
     Raises:
+        ContractError: the image chain does not fit (e.g. a normalizer's stats in [0,1] units on
+            images in [0,255]).
         CacheError: not resuming, but the folder already holds a buffer (LeRobot itself refuses
             an existing output_dir without `resume`), or the folder holds another range or keys.
     """
     policy = cfg.policy
+    # The image chain first: LeRobot's learner makes this buffer before the offline one, whose cache
+    # may take minutes to build, so a chain that cannot work is refused at once.
+    preflight(cfg, None, image_range=image_range)
     buffer = OnlineBuffer(
         capacity=int(getattr(policy, "online_buffer_capacity", None) or DEFAULT_ONLINE_CAPACITY),
         image_range=resolve_image_range(cfg, image_range),

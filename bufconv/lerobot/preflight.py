@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from ..contract.check import CheckReport, check
+from ..contract.check import CheckReport, check, check_config
 from ..contract.config import read_config
 from ..errors import ContractError
 from ..options import Crop
@@ -30,13 +30,21 @@ def preprocessing(cfg: Any) -> tuple[dict[str, Crop] | None, tuple[int, int] | N
 
 
 def preflight(
-    cfg: Any, cache: str | os.PathLike[str], *, image_range: int | None = None, on_mismatch: str = "error"
+    cfg: Any,
+    cache: str | os.PathLike[str] | None,
+    *,
+    image_range: int | None = None,
+    on_mismatch: str = "error",
 ) -> CheckReport:
     """Check the cache against the config; raise or log what does not fit.
 
+    The image chain (what each network's first layer sees, per path) is logged; a mismatch in it
+    (`normalizer-range-mismatch`, `path-mismatch`) stops the learner here, before the first step,
+    never mid-training.
+
     Args:
         cfg: The training config (object or JSON path).
-        cache: The offline buffer's cache file.
+        cache: The offline buffer's cache file; None for a run without offline data (the chain alone).
         image_range: The range the learner uses, if not the config's.
         on_mismatch: "error" raises `ContractError` on any error finding; "warn" logs them.
 
@@ -45,15 +53,18 @@ def preflight(
     """
     if on_mismatch not in ON_MISMATCH:
         raise ValueError(f"on_mismatch must be 'error' or 'warn'; got {on_mismatch!r}")
-    report = check(cache, cfg, image_range=image_range)
+    report = check_config(cfg, image_range=image_range) if cache is None else check(cache, cfg, image_range=image_range)
+    for line in report.chain_lines():
+        log.info("bufconv image chain: %s", line)
     for finding in report.findings:
         if finding.severity != "error" or on_mismatch == "warn":
             log.warning("bufconv check: [%s] %s: %s", finding.code, finding.severity, finding.message)
     if not report.ok and on_mismatch == "error":
         lines = "; ".join(f"[{f.code}] {f.message}" for f in report.errors)
+        command = f"`bufconv check {'CACHE ' if cache is not None else 'CACHE|DATASET '}--config CONFIG`"
         raise ContractError(
-            f"the offline data does not fit the training config: {lines} "
-            "(on_mismatch='warn' trains anyway; `bufconv check CACHE --config CONFIG` shows the same)",
+            f"the {'offline data' if cache is not None else 'image chain'} does not fit the training config: "
+            f"{lines} (on_mismatch='warn' trains anyway; {command} shows the same)",
             path=report.source,
             findings=report.findings,
         )
