@@ -173,3 +173,31 @@ def test_stock_lerobot_mixes_ranges_in_one_batch_bufconv_does_not(
     for half in ("online", "offline"):
         lo, hi = seen["bufconv"][half]
         assert lo >= 0.0 and 1.0 / 255.0 < hi <= 1.0, (half, seen)
+
+
+def test_lerobots_default_normalization_trains_guarded_end_to_end(
+    tmp_path: Path, demos: Path, processes: list
+) -> None:
+    """Range 1 with LeRobot's default MEAN_STD on ImageNet stats: the guard checks the map's interval.
+
+    The encoder receives standardized images, (p/255 - mean)/std, negative values included: the
+    range-only guard refused them at the first step; the chain's guard lets every batch through.
+    """
+    run, config = _run(tmp_path, demos, "mean_std", visual="MEAN_STD")
+    probe = run / "probe.jsonl"
+    learner = hil.learner(config, run / "learner.log", probe=probe, image_range=1)
+    processes.append(learner)
+    actor = hil.actor(config, run / "actor.log", run / "actor", image_range=1)
+    processes.append(actor)
+    hil.wait_until(_steps_at_least(probe, 5), START_S + STEPS_S, processes, "5 optimization steps (MEAN_STD)")
+    log = learner.tail(10**7)
+    assert "check every forward against range 1 (the encoder receives (p/255 - [0.485, 0.456, 0.406])" in log
+    assert "bufconv image chain: offline -> policy" in log
+    assert "RangeMismatchError" not in log and "RangeMismatchError" not in actor.tail(10**7)
+    spans = _encoder_spans(probe)
+    assert spans
+    for record in spans:  # every batch, both halves, inside the image of [0,255] under the map
+        for half in ("online", "offline"):
+            lo, hi = record[half]
+            assert -2.1179 - 1e-3 <= lo and hi <= 2.6400 + 1e-3, record
+    assert min(record["offline"][0] for record in spans) < 0.0  # standardized, not [0,1]

@@ -91,20 +91,20 @@ def _policy_links(config: TrainingConfig, ranges: Mapping[str, int] | None, repo
             first, encoder, steps = policy_map(config, key, input_range)
             report.chain.append(ChainLink(path, POLICY, key, first, encoder, steps))
             maps[path] = first
-        _check_normalizer(config, key, {p: r for p, r in paths if r is not None}, report)
+        _check_normalizer(config, key, [p for p, r in paths if r == config.image_range], report)
         _check_paths(key, maps, report)
 
 
-def _check_normalizer(config: TrainingConfig, key: str, ranges: dict[str, int], report: CheckReport) -> None:
+def _check_normalizer(config: TrainingConfig, key: str, paths: list[str], report: CheckReport) -> None:
+    """Is the config consistent in itself: the normalizer's stats in the units of the policy's range,
+    and one normalization, not two? (A path whose images arrive in another range is a range-mismatch
+    or a path-mismatch, reported as such.)"""
     normalizer = config.normalizers.get(key)
     if normalizer is None or not normalizer.active:
         return
-    units = normalizer.units
-    wrong = sorted({r for r in ranges.values() if r != units})
-    if wrong:
-        arriving = wrong[0]
-        paths = [p for p, r in ranges.items() if r == arriving]
-        found, _, _ = policy_map(config, key, arriving)
+    arriving = config.image_range
+    found, _, _ = policy_map(config, key, arriving)
+    if normalizer.units != arriving:
         fix = (
             "set policy.normalization_mapping.VISUAL=IDENTITY (an encoder that normalises its own inputs takes "
             "them raw), or give dataset_stats in [0,255] units (mean and std times 255), or use --range 1"
@@ -114,28 +114,23 @@ def _check_normalizer(config: TrainingConfig, key: str, ranges: dict[str, int], 
         )
         report.add(
             E.NORMALIZER_RANGE_MISMATCH,
-            f"{key}: {normalizer.describe()} has stats in {_RANGE_TEXT[units or 1]} units but the {', '.join(paths)} "
-            f"images arrive in {_RANGE_TEXT[arriving]} (range {arriving}): the policy's first layer sees "
-            f"{found.describe()}. Fix: {fix}",
-            key=key, expected=units, found=arriving, paths=paths,
+            f"{key}: {normalizer.describe()} has stats in {_RANGE_TEXT[normalizer.units or 1]} units but the "
+            f"{', '.join(paths) or 'policy'} images arrive in {_RANGE_TEXT[arriving]} (range {arriving}, {config.range_because}): "
+            f"the policy's first layer sees {found.describe()}. Fix: {fix}",
+            key=key, expected=normalizer.units, found=arriving, paths=paths,
         )  # fmt: skip
-        return
-    if config.image_range == 255:
-        found, _, _ = policy_map(config, key, 255)
+    elif arriving == 255:
         report.add(
             E.NORMALIZER_RANGE_MISMATCH,
             f"{key}: normalised twice: by {normalizer.describe()} and by {_ENCODER_OWN}; the first layer sees "
             f"{found.describe()}, 1/255 of what the encoder was built for. Fix: set "
             "policy.normalization_mapping.VISUAL=IDENTITY, or use --range 1 with the normalizer alone",
-            key=key, expected="IDENTITY", found=normalizer.mode,
+            key=key, expected="IDENTITY", found=normalizer.mode, paths=paths,
         )  # fmt: skip
 
 
 def _check_paths(key: str, maps: dict[str, PixelMap], report: CheckReport) -> None:
-    explained = any(
-        f.code in (E.RANGE_MISMATCH, E.NORMALIZER_RANGE_MISMATCH) and f.details.get("key") == key
-        for f in report.findings
-    )
+    explained = any(f.code == E.RANGE_MISMATCH and f.details.get("key") == key for f in report.findings)
     reference = maps.get(OFFLINE) or maps.get(ONLINE)
     if reference is None or explained:
         return

@@ -41,11 +41,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: LeRobot's default image normalization (VISUAL = MEAN_STD), on ImageNet's stats per camera.
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
 def write_config(
-    path: Path, *, dataset: Path, output_dir: Path, port: int, resume: bool = False, **top: Any
+    path: Path,
+    *,
+    dataset: Path,
+    output_dir: Path,
+    port: int,
+    resume: bool = False,
+    visual: str = "IDENTITY",
+    **top: Any,
 ) -> Path:
-    """`train_config.json` with this run's dataset, output folder and port (and top-level overrides)."""
+    """`train_config.json` with this run's dataset, output folder and port (and top-level overrides).
+
+    `visual="MEAN_STD"` gives the policy LeRobot's default image normalization (ImageNet stats per
+    camera) instead of the example's IDENTITY.
+    """
     config = json.loads(CONFIG.read_text())
+    policy = config["policy"]
+    policy["normalization_mapping"]["VISUAL"] = visual
+    if visual == "MEAN_STD":
+        features = policy["input_features"] or config["env"]["features"]  # the example names them in env
+        for key, feature in features.items():
+            if feature["type"] == "VISUAL":
+                policy["dataset_stats"][config["env"].get("features_map", {}).get(key, key)] = dict(IMAGENET)
     config["dataset"]["root"] = str(dataset)
     config["output_dir"] = str(output_dir)
     config["resume"] = resume
