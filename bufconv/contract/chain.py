@@ -92,7 +92,7 @@ def _policy_links(config: TrainingConfig, ranges: Mapping[str, int] | None, repo
             report.chain.append(ChainLink(path, POLICY, key, first, encoder, steps))
             maps[path] = first
         _check_normalizer(config, key, [p for p, r in paths if r == config.image_range], report)
-        _check_paths(key, maps, report)
+        _check_paths(config, key, maps, report)
 
 
 def _check_normalizer(config: TrainingConfig, key: str, paths: list[str], report: CheckReport) -> None:
@@ -129,23 +129,28 @@ def _check_normalizer(config: TrainingConfig, key: str, paths: list[str], report
         )  # fmt: skip
 
 
-def _check_paths(key: str, maps: dict[str, PixelMap], report: CheckReport) -> None:
+def _check_paths(config: TrainingConfig, key: str, maps: dict[str, PixelMap], report: CheckReport) -> None:
+    """Every path into the policy must map a pixel as the policy is declared for (the config's range):
+    the offline and online halves of one batch, and the actor's observations."""
+    declared, _, _ = policy_map(config, key, config.image_range)
     explained = any(f.code == E.RANGE_MISMATCH and f.details.get("key") == key for f in report.findings)
-    reference = maps.get(OFFLINE) or maps.get(ONLINE)
-    if reference is None or explained:
+    wrong = [path for path, found in maps.items() if not found.same_as(declared)]
+    if explained:  # the cache's range differs: said by range-mismatch, with the rebuild to do
+        wrong = [path for path in wrong if path != OFFLINE]
+    if not wrong:
         return
-    for path, found in maps.items():
-        if not found.same_as(reference):
-            first = OFFLINE if OFFLINE in maps else ONLINE
-            report.add(
-                E.PATH_MISMATCH,
-                f"{key}: the {first} images reach the policy as {reference.describe()} but the {path} ones as "
-                f"{found.describe()}: the policy trains on one and acts on the other. Put the actor's images in "
-                "the buffer's range (ImageRangeProcessorStep, python -m bufconv.lerobot.actor) or rebuild the "
-                "cache in the actor's range",
-                key=key, paths=[first, path], expected=reference.to_json(), found=found.to_json(),
-            )  # fmt: skip
-            return
+    path = wrong[0]
+    others = [p for p in maps if p not in wrong]
+    reference = maps[others[0]] if others else declared
+    against = f"the {others[0]} images reach it as" if others else f"it is declared for (range {config.image_range})"
+    report.add(
+        E.PATH_MISMATCH,
+        f"{key}: the {', '.join(wrong)} images reach the policy as {maps[path].describe()} but {against} "
+        f"{reference.describe()}: the policy trains on one and acts on the other. Put the actor's images in "
+        "the buffer's range (ImageRangeProcessorStep, python -m bufconv.lerobot.actor) or rebuild the "
+        "cache in the actor's range",
+        key=key, paths=wrong, expected=reference.to_json(), found=maps[path].to_json(),
+    )  # fmt: skip
 
 
 def _classifier_links(config: TrainingConfig, report: CheckReport) -> None:

@@ -185,6 +185,8 @@ def _infer_features(
             if dtype == "video":
                 if codec != "libsvtav1" and (height % 2 or width % 2):
                     raise ValueError(f"{codec} needs even video sizes, {key!r} is {height}x{width}")
+                if codec == "libsvtav1" and width < 32:  # SVT-AV1 dies with SIGFPE below 32 pixels wide
+                    raise ValueError(f"libsvtav1 needs videos at least 32 pixels wide, {key!r} is {height}x{width}")
                 features[key]["info"] = video_info(height, width, codec, fps, layout)
         elif is_image[key]:
             raise ValueError(f"image feature {key!r} is in neither video_keys nor image_keys")
