@@ -3,12 +3,33 @@
 #   scripts/setup.sh         bufconv and its runtime dependencies (enough for `bufconv demo`)
 #   scripts/setup.sh --dev   plus the test tools, LeRobot 0.6.1 (the oracle the tests compare against) and gym-hil;
 #                            as root on Debian/Ubuntu it also installs libosmesa6 (headless MuJoCo rendering) if missing
+#   --verbose (with either): show what pip and apt print (by default only when a step fails)
 # Python is looked for in $PYTHON, then python3.14 .. python3.12 on PATH, then pyenv, then uv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-if [[ "${1:-}" == "--dev" ]]; then extras="[dev]"; fi
+verbose=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras="[dev]" ;;
+    --verbose|-v) verbose=1 ;;
+    *) echo "setup: unknown option $arg (expected --dev, --verbose)" >&2; exit 2 ;;
+  esac
+done
+
+# One line per step; what the tools print (pip's and setuptools' warnings) only when a step
+# fails, or with --verbose.
+log="$(mktemp -t bufconv-setup.XXXXXX)"
+trap 'rm -f "$log"' EXIT
+quietly() {
+  if [[ $verbose == 1 ]]; then "$@"; return; fi
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: failed: $*" >&2
+    return 1
+  fi
+}
 
 ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; }
 
@@ -46,13 +67,15 @@ if [[ -n "$extras" ]]; then
   if [[ ${#packages[@]} -gt 0 ]]; then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
       echo "setup: installing ${packages[*]} (for gym-hil and the end-to-end test)"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+      quietly apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive quietly apt-get install -y -qq "${packages[@]}"
     else
       echo "setup: warning: missing ${packages[*]}; gym-hil and the end-to-end test need them (Debian/Ubuntu: sudo apt-get install ${packages[*]})" >&2
     fi
   fi
 fi
 
-"$python" -m pip install --quiet --upgrade pip
-"$python" -m pip install --quiet -e ".${extras}"
+echo "setup: installing bufconv${extras:+ with dev extras} into .venv"
+quietly "$python" -m pip install --quiet --upgrade pip
+quietly "$python" -m pip install --quiet -e ".${extras}"
 echo "setup: ready: $("$python" --version), bufconv $("$python" -c 'import bufconv; print(bufconv.__version__)')${extras:+ with dev extras}"
