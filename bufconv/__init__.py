@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
-    "build": "bufconv.convert.pipeline",
+    "build": "bufconv.convert.build",
     "BuildResult": "bufconv.convert.pipeline",
     "BuildOptions": "bufconv.options",
     "load_or_build": "bufconv.buffer.loader",
@@ -95,7 +95,8 @@ if TYPE_CHECKING:
     from .buffer.persist import CheckpointResult
     from .cache.verification import VerifyReport, verify, verify_or_raise
     from .contract.check import CheckReport, check, check_or_raise
-    from .convert.pipeline import BuildResult, build
+    from .convert.build import build
+    from .convert.pipeline import BuildResult
     from .errors import (
         BufconvError,
         CacheError,

@@ -18,7 +18,7 @@ import torch
 
 from .buffer.loader import load_or_build
 from .cache.verification import verify
-from .convert.pipeline import build
+from .convert.build import build
 from .errors import BufconvError, RangeMismatchError
 from .source.writer import EpisodeData, write_dataset
 

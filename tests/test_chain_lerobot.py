@@ -120,7 +120,7 @@ def test_lerobots_default_normalization_trains_with_the_guard_on(tmp_path: Path,
     lows = min(float(x.min()) for x in seen)
     highs = max(float(x.max()) for x in seen)
     assert lows < 0.0  # standardized: what the range-only guard refused as "already normalised"
-    assert -2.12 - 1e-3 <= lows and highs <= 2.64 + 1e-3  # inside the image of [0,255] under the map
+    assert lows >= -2.12 - 1e-3 and highs <= 2.64 + 1e-3  # inside the image of [0,255] under the map
 
 
 def test_the_range_only_guard_refused_lerobots_default_config(tmp_path: Path, root: Path) -> None:

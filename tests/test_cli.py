@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -436,6 +437,24 @@ def test_verify_of_missing_file_is_reported(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert [p["code"] for p in report["problems"]] == ["unreadable"]
     assert "Traceback" not in result.stderr
+
+
+def test_verify_of_random_bytes_is_one_unreadable_problem(tmp_path: Path) -> None:
+    """Random bytes are neither a zip archive nor a legacy torch pickle: one problem, `unreadable`,
+    in the text (one problem line) and in --json."""
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(random.Random(0).randbytes(4096))
+    text = invoke("verify", str(noise))
+    assert text.exit_code == 1
+    lines = [line for line in text.stdout.splitlines() if line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("[unreadable] "), text.stdout
+    assert "1 problem(s)" in text.stdout
+    as_json = invoke("verify", str(noise), "--json")
+    assert as_json.exit_code == 1
+    report = json.loads(as_json.stdout)
+    assert [p["code"] for p in report["problems"]] == ["unreadable"]
+    assert report["kind"] == "unreadable"
+    assert bufconv.verify(noise).problems == bufconv.verify(noise, quick=True).problems
 
 
 def test_info_of_a_foreign_file_is_one_error_line(tmp_path: Path) -> None:

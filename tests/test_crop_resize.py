@@ -132,11 +132,11 @@ def test_changing_crop_or_resize_makes_the_cache_stale(
     root, path = lerobot_dataset(), tmp_path / "c.pt"
     # A cache built without crop/resize (as before they existed) reads as "none": fresh without them.
     assert bufconv.build(root, path).status == "built"
-    assert bufconv.build(root, path).status == "fresh"
+    assert bufconv.build(root, path).status == "hit"
     cropped = bufconv.build(root, path, crop={FRONT: (0, 0, 40, 40)})
     assert cropped.status == "rebuilt"
     assert cropped.reasons == [f"crop of {FRONT}: cache none, requested 0,0,40,40 (top,left,height,width)"]
-    assert bufconv.build(root, path, crop={FRONT: (0, 0, 40, 40)}).status == "fresh"
+    assert bufconv.build(root, path, crop={FRONT: (0, 0, 40, 40)}).status == "hit"
     resized = bufconv.build(root, path, crop={FRONT: (0, 0, 40, 40)}, resize=(20, 20))
     assert resized.reasons == ["resize: cache none, requested 20x20"]
     other = bufconv.build(root, path, crop={FRONT: (1, 0, 40, 40)}, resize=(24, 20))

@@ -199,5 +199,5 @@ def test_lerobots_default_normalization_trains_guarded_end_to_end(
     for record in spans:  # every batch, both halves, inside the image of [0,255] under the map
         for half in ("online", "offline"):
             lo, hi = record[half]
-            assert -2.1179 - 1e-3 <= lo and hi <= 2.6400 + 1e-3, record
+            assert lo >= -2.1179 - 1e-3 and hi <= 2.6400 + 1e-3, record
     assert min(record["offline"][0] for record in spans) < 0.0  # standardized, not [0,1]

@@ -19,6 +19,7 @@ from bufconv.cache.reader import read_cache
 from bufconv.cache.segments import is_buffer_folder
 from bufconv.cache.sharded import is_sharded_folder, read_manifest
 from bufconv.cli import cli
+from bufconv.convert import shard_build
 from bufconv.convert import shards as sh
 from bufconv.errors import DatasetError, StaleCacheError
 from bufconv.options import BuildOptions
@@ -171,7 +172,7 @@ def test_an_interrupted_build_resumes_with_the_missing_shards(
         "shard-00000.pt",
         "shard-00001.pt",
     ]
-    assert bufconv.build(dataset, folder).status == "fresh"  # keeps the folder's count
+    assert bufconv.build(dataset, folder).status == "hit"  # keeps the folder's count
     before = {p.name: p.stat().st_ino for p in folder.glob("shard-*.pt")}
     forced = bufconv.build(dataset, folder, force=True)
     assert forced.status == "rebuilt" and forced.built == sorted(before)
@@ -249,7 +250,7 @@ def test_local_processes_build_the_same_bytes(
     """With cores for several decoding processes, shards build in a process pool: same files."""
     dataset = lerobot_dataset(lengths=(5, 1, 7, 3))
     here = bufconv.build(dataset, tmp_path / "here", shards=2, workers=1)
-    monkeypatch.setattr(sh, "default_workers", lambda: 4)
+    monkeypatch.setattr(shard_build, "default_workers", lambda: 4)
     pool = bufconv.build(dataset, tmp_path / "pool", shards=2, workers=4)
     assert here.built == pool.built == ["shard-00000.pt", "shard-00001.pt"]
     for name in here.built:

@@ -19,6 +19,7 @@ ray = pytest.importorskip("ray")
 
 import bufconv  # noqa: E402
 from bufconv.cache.freshness import prepare  # noqa: E402
+from bufconv.convert import shard_build  # noqa: E402
 from bufconv.convert import shards as sh  # noqa: E402
 from bufconv.errors import CacheError  # noqa: E402
 from bufconv.options import BuildOptions  # noqa: E402
@@ -97,10 +98,10 @@ def test_a_ray_build_writes_the_bytes_of_a_local_build(
     assert bufconv.build([a, b], tmp_path / "ray", image_range=255, ray="local").built == []
 
 
-_REAL_TASK = sh._shard_task
+_REAL_TASK = shard_build._shard_task
 
 
-def _dying_shard_task(job: sh._Job) -> dict:
+def _dying_shard_task(job: shard_build._Job) -> dict:
     """Runs on a Ray worker: the first attempt at shard 1 kills its own worker (SIGKILL) after
     the shard's temporary file is written, before it is renamed; later attempts build."""
     from bufconv.cache import writer
@@ -121,7 +122,7 @@ def _dying_worker() -> Iterator[None]:
     """Ray builds run `_dying_shard_task` (this module, pickled by value: workers cannot import tests/)."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sh, "_shard_task", _dying_shard_task)
+        patch.setattr(shard_build, "_shard_task", _dying_shard_task)
         yield
 
 

@@ -15,8 +15,6 @@ from ..convert.pipeline import ensure
 from ..options import DEFAULT_TOLERANCE_S, BuildOptions
 from .offline import DEFAULT_CAPACITY, OfflineBuffer
 
-_STATUS = {"fresh": "hit", "built": "built", "rebuilt": "rebuilt"}
-
 
 def load_or_build(
     dataset: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
@@ -124,7 +122,7 @@ def load_or_build(
         use_drq=use_drq,
         capacity=capacity,
         generator=generator,
-        status=_STATUS[result.status],
+        status=result.status,
         added_path=added_path,
         stale_reasons=result.reasons,
     )
@@ -146,7 +144,8 @@ def _load_or_build_sharded(
     verify_payload: bool,
     **buffer: Any,
 ) -> OfflineBuffer:
-    from ..convert.shards import datasets_of, ensure_sharded, requests_for
+    from ..convert.shard_build import ensure_sharded, requests_for
+    from ..convert.shard_folder import datasets_of
 
     datasets = datasets_of(folder) if dataset is None else dataset
     result = ensure_sharded(
@@ -154,9 +153,7 @@ def _load_or_build_sharded(
         verify_payload=verify_payload,
     )  # fmt: skip
     assert result.sharded is not None
-    return OfflineBuffer(
-        result.sharded, status=_STATUS[result.status], stale_reasons=result.reasons, **buffer
-    )
+    return OfflineBuffer(result.sharded, status=result.status, stale_reasons=result.reasons, **buffer)
 
 
 def open_buffer(

@@ -28,6 +28,7 @@ from ..cache.sharded import ShardedCache
 from ..errors import BufconvError
 from .batch import Batcher, BatchTransition, positions, random_generator
 from .columns import CacheColumns, Columns, ShardColumns
+from .lerobot_dataset import buffer_to_lerobot_dataset
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
 from .rows import RowMaker
@@ -343,8 +344,6 @@ class OfflineBuffer:
         task_name: str = "from_replay_buffer",
     ) -> Any:
         """Write all transitions as a LeRobot dataset (what LeRobot's learner does at checkpoints). Needs LeRobot."""
-        from .export import buffer_to_lerobot_dataset
-
         return buffer_to_lerobot_dataset(self, repo_id=repo_id, fps=fps, root=root, task_name=task_name)
 
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
 from .. import errors as E
 from ..errors import CacheError, InvalidCacheError, Problem, unwritable_folder
+from ..version import __version__
 from .manifest import MANIFEST, manifest_format
 from .manifest import read_manifest as _read
 

@@ -341,7 +341,9 @@ def _inspect_foreign(path: Path, report: VerifyReport, image_range: int | None) 
         try:
             obj = safe_load(path, mmap=False)  # legacy (non-zip) files cannot be memory-mapped
         except InvalidCacheError as e:
-            if not any(p.message == e.problems[0].message for p in report.problems):
+            # Unreadable once is enough: the structure check may already have said why (random
+            # bytes are neither the zip torch.save writes nor a legacy pickle: one problem, not two).
+            if not any(p.code == E.UNREADABLE for p in report.problems):
                 report.problems.extend(e.problems)
             return
     report.kind = "foreign"

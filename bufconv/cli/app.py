@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .. import __version__
 from ..errors import BufconvError
+from ..version import __version__
 
 if TYPE_CHECKING:
     pass
@@ -116,7 +116,7 @@ def handle_errors(command: F) -> F:
 
 
 def _parse_shards(value: str) -> int | str:
-    from ..convert.shards import parse_shards
+    from ..convert.shard_plan import parse_shards
 
     return parse_shards(value)
 

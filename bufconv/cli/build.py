@@ -217,7 +217,7 @@ def build(
             _print_plan(plan)
             _echo(f"dry run: nothing written; the cache would go to {cache_file(output)}")
         return
-    from ..convert.pipeline import build as run_build
+    from ..convert.build import build as run_build
 
     result = run_build(
         list(datasets) if len(datasets) > 1 else datasets[0],
@@ -236,7 +236,7 @@ def build(
         return
     count = getattr(result, "shards", 0)
     in_shards = f", {count} shards" if count else ""
-    if result.status == "fresh":
+    if result.status == "hit":
         _echo(
             f"{result.path} is up to date ({result.frames:,} frames, {result.episodes} episodes{in_shards}); "
             "nothing decoded. Use --force to rebuild."

@@ -1,7 +1,9 @@
 """The build pipeline: a LeRobot dataset in, a sealed `offline_buffer.pt` out.
 
     ensure()           lock, re-check freshness (`cache.freshness`), write the cache if needed
-    build()            the public entry point (`bufconv build`)
+
+The public entry point, `build` (`bufconv build`), is `convert/build.py`: it calls `ensure` for
+one file, or `shard_build.build_sharded` for a folder of shards.
 
 Writing streams: the cache file is laid out first, numeric columns are copied in, and every
 image tensor is filled in place by decoding units (one per video file, or per part of one when
@@ -17,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,16 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
 from ..cache import fingerprint as fp
-from ..cache.freshness import Freshness, Request, check_freshness, prepare
+from ..cache.freshness import Freshness, Request, check_freshness
 from ..cache.lock import locked
 from ..cache.reader import CacheFile, TensorSpec, read_cache
 from ..cache.writer import CacheWriter, remove_stale_temps
 from ..errors import CacheError, DatasetError, StaleCacheError, unwritable_folder
-from ..options import DEFAULT_TOLERANCE_S, BuildOptions
 from ..source.actions import action_facts
 from ..source.dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset
+from ..version import __version__
 from .plan import plan_units, stored_chw, worker_processes
 from .units import run_here, run_unit
 from .workers import WorkerPool
@@ -51,7 +52,12 @@ DEFAULT_CACHE_NAME = "offline_buffer.pt"
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What `build` did. `status` is "built", "rebuilt" or "fresh" (already up to date)."""
+    """What `build` (or `ensure`) did.
+
+    `status` is "hit" | "built" | "rebuilt", the words of `load_or_build` and `bufconv build --json`
+    (SPEC section 7): "hit" (already up to date, nothing decoded), "built" (there was no cache), or
+    "rebuilt" (there was a stale one: `reasons` say why).
+    """
 
     path: Path
     status: str
@@ -72,10 +78,9 @@ class BuildResult:
         return self.frames / self.seconds if self.seconds > 0 else math.inf
 
     def to_json(self) -> dict[str, Any]:
-        """What `bufconv build --json` prints; `status` in load_or_build's words: "hit" (already
-        up to date, nothing decoded), "built" or "rebuilt" (with the `reasons`)."""
+        """What `bufconv build --json` prints: `status` ("hit", "built" or "rebuilt", with the `reasons`)."""
         return {
-            "status": "hit" if self.status == "fresh" else self.status,
+            "status": self.status,
             "reasons": list(self.reasons),
             "path": str(self.path),
             "frames": self.frames,
@@ -126,7 +131,7 @@ def ensure(
         state = check_freshness(request, path, verify_payload=verify_payload, known=known)
         if state.fresh:
             _clear_debris(path)
-            return _result(path, "fresh", started, state, state.cache)
+            return _result(path, "hit", started, state, state.cache)
         known = state.fingerprint.known()
     with _parent_folder(path), locked(path, timeout=lock_timeout):
         remove_stale_temps(path)
@@ -135,7 +140,7 @@ def ensure(
         # source digests just taken are reused; a forced rebuild skips the old payload checksums.
         state = check_freshness(request, path, verify_payload=verify_payload and not force, known=known)
         if state.fresh and not force:
-            return _result(path, "fresh", started, state, state.cache)
+            return _result(path, "hit", started, state, state.cache)
         if state.exists and not state.fresh and on_stale == "error":
             raise StaleCacheError(
                 f"{path}: the cache is stale ({'; '.join(state.reasons)}); rebuild it (on_stale='rebuild' or bufconv build --force)",
@@ -203,80 +208,6 @@ def _parent_folder(path: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 created.rmdir()
         raise
-
-
-def build(
-    dataset: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    output: str | os.PathLike[str] = "offline_buffer.pt",
-    *,
-    image_range: int = 1,
-    keys: Sequence[str] | str | None = None,
-    episodes: Sequence[int] | str | None = None,
-    tolerance_s: float = DEFAULT_TOLERANCE_S,
-    workers: int | None = 1,
-    force: bool = False,
-    progress: Progress | bool | None = None,
-    crop: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
-    resize: Sequence[int] | str | None = None,
-    shards: int | str | None = None,
-    ray: str | None = None,
-) -> BuildResult:
-    """Convert a LeRobot dataset into a cache file, unless `output` is already up to date.
-
-    With several datasets, `shards` or `ray`, `output` is a folder of shards (SPEC section 13,
-    `convert.shards`): the result is a `ShardedBuildResult`, and only stale shards are built.
-
-    Args:
-        dataset: A dataset folder, or a repo id under $HF_LEROBOT_HOME (several: a sharded cache).
-        output: The cache file to write (a folder, for a sharded cache).
-        image_range: 1 (batches in [0,1], LeRobot's convention) or 255 (batches in [0,255]).
-        keys: Observation keys for `state` (default: all `observation.*` features).
-        episodes: Episode indices, or a string like "0-9,15" (default: all).
-        tolerance_s: Allowed distance between a parquet timestamp and its video frame.
-        workers: Most decoding processes (None: all cores; at most one per two cores is used).
-        force: Rebuild even if `output` is up to date.
-        progress: True for a progress bar, or a callable receiving frame counts.
-        crop: Per image key, (top, left, height, width) to crop from its frames (LeRobot's
-            `crop_params_dict`; or CLI strings "KEY=TOP,LEFT,HEIGHT,WIDTH").
-        resize: (height, width) every image key is resized to after its crop (LeRobot's
-            `resize_size`): values equal LeRobot's `ImageCropResizeProcessorStep` up to uint8 rounding.
-        shards: A shard count, or "auto" (shards of about 1 GiB of pixels); None: one file, unless
-            `output` is already a sharded folder (then its count is kept).
-        ray: Build the shards as Ray tasks on the cluster at this address ("local": the cluster
-            `ray.init()` finds or starts); None: in local processes. Needs `bufconv[ray]`.
-
-    Returns:
-        A `BuildResult` (status "built", "rebuilt" or "fresh").
-
-    Example:
-        >>> bufconv.build("~/.cache/huggingface/lerobot/me/pick_cube", "offline_buffer.pt", image_range=255)
-    """
-    options = BuildOptions.create(
-        image_range=image_range, keys=keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
-        crop=crop, resize=resize,
-    )  # fmt: skip
-    if (
-        not isinstance(dataset, (str, os.PathLike))
-        or shards is not None
-        or ray is not None
-        or _is_sharded(output)
-    ):
-        from .shards import build_sharded
-
-        frames = progress if callable(progress) else None
-        return build_sharded(dataset, output, options, shards=shards, ray=ray, force=force, progress=frames)
-    if progress is True:
-        with _ProgressBar() as bar:
-            request = prepare(dataset, options)
-            bar.start(request)
-            return ensure(request, output, force=force, progress=bar)
-    return ensure(prepare(dataset, options), output, force=force, progress=progress or None)
-
-
-def _is_sharded(output: str | os.PathLike[str]) -> bool:
-    from ..cache.sharded import is_sharded_folder
-
-    return is_sharded_folder(output)
 
 
 class _ProgressBar:

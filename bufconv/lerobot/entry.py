@@ -138,18 +138,18 @@ def guard_policy(policy: nn.Module, image_range: int, maps: dict[str, PixelMap] 
             encoder (LeRobot's default MEAN_STD), each camera is checked against the image of [0,255]
             under its map, not against the range. None: the range alone (an IDENTITY normalizer).
     """
-    owners: dict[int, nn.Module] = {}
+    owners: dict[int, tuple[nn.Module, nn.Module]] = {}  # encoder id -> (its owner, the encoder)
     for module in policy.modules():
         encoder = getattr(module, "image_encoder", None)
         if isinstance(encoder, nn.Module):
-            owners.setdefault(id(encoder), module)
-    for owner in owners.values():
+            owners.setdefault(id(encoder), (module, encoder))
+    for owner, encoder in owners.values():
         keys = list(getattr(owner, "image_keys", None) or [])
         chunk_maps = [maps[k] for k in keys if maps and k in maps] if maps else []
         if maps and len(chunk_maps) != len(keys):
             chunk_maps = []  # an encoder over keys the config does not name: the range alone
         guard_encoder(
-            owner.image_encoder,
+            encoder,
             image_range,
             pixel_maps=chunk_maps or None,
             names=keys or None,

@@ -239,7 +239,7 @@ class SourceDataset:
                     raise DatasetError(
                         f"{self.root}: episode {e} has no video for {key!r} in its metadata", path=self.root
                     )
-        check_crops(self, image_keys, options)
+        check_crops(self.root, {k: self.features[k].image_hwc()[:2] for k in image_keys}, options)
         return Selection(
             state_keys=tuple(keys),
             image_keys=image_keys,

@@ -16,16 +16,14 @@ torch is imported on first use only: decoding worker processes without a resize 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
 from ..options import BuildOptions, Crop, format_crop
-
-if TYPE_CHECKING:
-    from .dataset import SourceDataset
 
 _OUTSIDE = (
     "crop of {key} ({crop}: top, left, height, width) reaches {what} but its frames are {height}x{width} "
@@ -109,23 +107,24 @@ def frame_transform(key: str, source_hw: tuple[int, int], options: BuildOptions)
     return FrameTransform(source_hw, crop, resize)
 
 
-def check_crops(source: SourceDataset, image_keys: tuple[str, ...], options: BuildOptions) -> None:
+def check_crops(root: Path, frame_sizes: Mapping[str, tuple[int, int]], options: BuildOptions) -> None:
     """Every crop names an image key of the build and lies inside its frames.
+
+    Args:
+        root: The dataset's folder (named in the messages).
+        frame_sizes: (height, width) of each image key of the build, in the build's order.
 
     Raises:
         DatasetError: naming the key and the frame's size.
     """
+    info = root / "meta" / "info.json"
     for key, _ in options.crop:
-        if key not in image_keys:
+        if key not in frame_sizes:
             raise DatasetError(
-                _NOT_AN_IMAGE.format(key=key, available=", ".join(image_keys) or "(none)"),
-                path=source.root / "meta" / "info.json",
+                _NOT_AN_IMAGE.format(key=key, available=", ".join(frame_sizes) or "(none)"), path=info
             )
-    for key in image_keys:
-        height, width, _ = source.features[key].image_hwc()
+    for key, (height, width) in frame_sizes.items():
         try:
             frame_transform(key, (height, width), options)
         except DatasetError as e:
-            raise DatasetError(
-                f"{source.root}: {e.message}", path=source.root / "meta" / "info.json"
-            ) from None
+            raise DatasetError(f"{root}: {e.message}", path=info) from None
