@@ -404,6 +404,7 @@ def doc_runs() -> Iterator[dict[Path, DocRun]]:
     runs: dict[Path, DocRun] = {}
     yield runs
     for run in runs.values():
+        run.namespace.clear()  # the examples' buffers and tensors: not held into later test modules
         if run.workdir is not None:
             shutil.rmtree(run.workdir, ignore_errors=True)
 

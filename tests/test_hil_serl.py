@@ -91,7 +91,10 @@ def test_learner_killed_and_resumed_keeps_its_transitions_and_the_actor_reconnec
     processes.append(actor)
     checkpoint = run / "train" / "checkpoints" / "000020"
     hil.wait_until(
-        lambda: checkpoint.is_dir() and _steps_at_least(probe, 20)(),
+        # LeRobot writes the checkpoint folder first, then the buffers: wait for both
+        lambda: checkpoint.is_dir()
+        and (run / "train" / "online_buffer" / "manifest.json").is_file()
+        and _steps_at_least(probe, 20)(),
         START_S + STEPS_S,
         processes,
         "20 optimization steps and a checkpoint",
