@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_lerobot_integration import FRONT, STATE, WRIST, make_config
+from test_lerobot_online import transitions
 
 from bufconv.errors import ContractError, RangeMismatchError
 from bufconv.lerobot import initialize_offline_replay_buffer, initialize_replay_buffer
@@ -24,31 +25,6 @@ from bufconv.lerobot.entry import guard_policy, guarded_make_policy
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 HW = (64, 64)  # both cameras alike: LeRobot's SAC encoder runs them as one concatenated batch
 CAMERAS = ((FRONT, HW), (WRIST, HW))
-
-
-def transitions(count: int, seed: int) -> list[dict]:
-    """Actor transitions in [0,1] (LeRobot's VanillaObservationProcessorStep), episodes of 4."""
-    g = torch.Generator().manual_seed(seed)
-
-    def observation() -> dict[str, torch.Tensor]:
-        images = {key: torch.randint(0, 256, (1, 3, *HW), generator=g).float() / 255 for key, _ in CAMERAS}
-        return {**images, STATE: torch.randn((1, 6), generator=g)}
-
-    out, current = [], observation()
-    for i in range(count):
-        following = observation()
-        out.append(
-            {
-                "state": current,
-                "action": torch.rand((1, 3), generator=g),
-                "reward": 0.0,
-                "next_state": following,
-                "done": i % 4 == 3,
-                "truncated": False,
-            }
-        )
-        current = observation() if i % 4 == 3 else following
-    return out
 
 
 @pytest.fixture
@@ -93,7 +69,7 @@ def learner_step_parts(cfg, image_range: int | None = None):
     algorithm = make_algorithm(cfg=cfg.algorithm, policy=policy)
     preprocessor, _ = make_pre_post_processors(policy_cfg=cfg.policy, dataset_stats=cfg.policy.dataset_stats)
     online = initialize_replay_buffer(cfg, "cpu", "cpu", image_range=image_range)
-    for t in transitions(12, seed=1):
+    for t in transitions(12, seed=1, shapes={key: (3, *hw) for key, hw in CAMERAS}):
         online.add(**t)
     offline = initialize_offline_replay_buffer(cfg, "cpu", "cpu", image_range=image_range)
     mixer = OnlineOfflineMixer(online_buffer=online, offline_buffer=offline, online_ratio=0.5)
@@ -159,7 +135,9 @@ def test_a_spoiled_batch_is_refused_on_the_mean_std_path(
     assert caught.value.key == FRONT  # the cameras are told apart in the concatenated batch
 
 
-def test_range_255_with_lerobots_default_normalization_is_refused_at_start(tmp_path: Path, root: Path) -> None:
+def test_range_255_with_lerobots_default_normalization_is_refused_at_start(
+    tmp_path: Path, root: Path
+) -> None:
     cfg = imagenet_config(root, tmp_path / "train")
     with pytest.raises(ContractError) as caught:
         initialize_replay_buffer(cfg, "cpu", "cpu", image_range=255)

@@ -18,16 +18,20 @@ from bufconv.errors import RangeMismatchError
 from bufconv.lerobot import initialize_replay_buffer, install
 
 
-def transitions(count: int, seed: int, *, intervention_every: int = 3) -> list[dict]:
+def transitions(
+    count: int, seed: int, *, intervention_every: int = 3, shapes: dict[str, tuple[int, ...]] | None = None
+) -> list[dict]:
     """Actor transitions shaped like the config's features, images in [0,1], episodes of 4."""
     g = torch.Generator().manual_seed(seed)
 
+    images = shapes or {FRONT: (3, 48, 64), WRIST: (3, 40, 32)}
+
     def observation() -> dict[str, torch.Tensor]:
-        return {
-            FRONT: torch.randint(0, 256, (1, 3, 48, 64), generator=g).float() / 255,
-            WRIST: torch.randint(0, 256, (1, 3, 40, 32), generator=g).float() / 255,
-            STATE: torch.randn((1, 6), generator=g),
+        out = {
+            key: torch.randint(0, 256, (1, *shape), generator=g).float() / 255
+            for key, shape in images.items()
         }
+        return {**out, STATE: torch.randn((1, 6), generator=g)}
 
     out, current = [], observation()
     for i in range(count):

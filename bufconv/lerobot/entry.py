@@ -106,18 +106,23 @@ def run_hooks(specs: Iterable[str], target: ModuleType) -> None:
         log.info("bufconv: hook %s loaded", spec)
 
 
-def image_encoders(policy: nn.Module) -> list[nn.Module]:
-    """The image encoders of a LeRobot policy: every `image_encoder` submodule, each once.
+def encoder_owners(policy: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(owner, encoder) for every `image_encoder` submodule of a LeRobot policy, each encoder once.
 
     (LeRobot's SAC/Gaussian-actor policies hold one per observation encoder, shared between the
-    actor and the critics when `shared_encoder` is set.)
+    actor and the critics when `shared_encoder` is set; the owner knows its cameras, `image_keys`.)
     """
-    found: dict[int, nn.Module] = {}
+    found: dict[int, tuple[nn.Module, nn.Module]] = {}
     for module in policy.modules():
         encoder = getattr(module, "image_encoder", None)
         if isinstance(encoder, nn.Module):
-            found.setdefault(id(encoder), encoder)
+            found.setdefault(id(encoder), (module, encoder))
     return list(found.values())
+
+
+def image_encoders(policy: nn.Module) -> list[nn.Module]:
+    """The image encoders of a LeRobot policy: every `image_encoder` submodule, each once."""
+    return [encoder for _, encoder in encoder_owners(policy)]
 
 
 def encoder_maps(policy_cfg: Any, image_range: int) -> dict[str, PixelMap]:
@@ -138,12 +143,8 @@ def guard_policy(policy: nn.Module, image_range: int, maps: dict[str, PixelMap] 
             encoder (LeRobot's default MEAN_STD), each camera is checked against the image of [0,255]
             under its map, not against the range. None: the range alone (an IDENTITY normalizer).
     """
-    owners: dict[int, tuple[nn.Module, nn.Module]] = {}  # encoder id -> (its owner, the encoder)
-    for module in policy.modules():
-        encoder = getattr(module, "image_encoder", None)
-        if isinstance(encoder, nn.Module):
-            owners.setdefault(id(encoder), (module, encoder))
-    for owner, encoder in owners.values():
+    owners = encoder_owners(policy)
+    for owner, encoder in owners:
         keys = list(getattr(owner, "image_keys", None) or [])
         chunk_maps = [maps[k] for k in keys if maps and k in maps] if maps else []
         if maps and len(chunk_maps) != len(keys):
