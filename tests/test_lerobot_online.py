@@ -108,8 +108,9 @@ def test_start_add_checkpoint_resume(tmp_path: Path, lerobot_dataset, learner) -
     cache = output / "offline_buffer.pt"
     cache_stat = cache.stat()
 
-    # more transitions after the checkpoint: lost when the learner dies, by design
-    for t in transitions(5, seed=2):
+    # more transitions after LeRobot's checkpoint: committed in the background and by close()
+    more = transitions(5, seed=2)
+    for t in more:
         online.add(**t)
     online.close()
     offline.close()
@@ -118,7 +119,7 @@ def test_start_add_checkpoint_resume(tmp_path: Path, lerobot_dataset, learner) -
     resumed = learner.initialize_replay_buffer(cfg, "cpu", "cpu")
     resumed_offline = learner.initialize_offline_replay_buffer(cfg, "cpu", "cpu")
     assert (resumed.status, resumed.lost) == ("resumed", 0)
-    reference = initialize_replay_buffer_like(cfg, stream)
+    reference = initialize_replay_buffer_like(cfg, [*stream, *more])
     same(reference, resumed)
     assert resumed_offline.status == "hit"  # the cache is served as it is: never rewritten
     assert (cache.stat().st_mtime_ns, cache.stat().st_ino) == (cache_stat.st_mtime_ns, cache_stat.st_ino)
@@ -132,7 +133,7 @@ def test_start_add_checkpoint_resume(tmp_path: Path, lerobot_dataset, learner) -
     bad = dict(stream[0], state={**stream[0]["state"], FRONT: stream[0]["state"][FRONT] * 255})
     with pytest.raises(RangeMismatchError):
         resumed.add(**bad)
-    assert len(resumed) == len(stream)
+    assert len(resumed) == len(stream) + len(more)
     resumed.close()
     resumed_offline.close()
 

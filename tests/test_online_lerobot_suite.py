@@ -6,8 +6,8 @@ adaptations, both from the range contract: images are uint8 values over 255 (LeR
 `torch.rand` floats are not pixel values and cannot round-trip through uint8 storage), and
 LeRobot's async-iterator fixture, whose "images" are 0, 1, ..., 9 everywhere, uses pixels
 0, 25, ..., 225 instead (its values are refused by either range, as they should be).
-LeRobot-only tests (to/from its dataset, `random_crop_vectorized`) are covered elsewhere or
-do not apply.
+`test_to_lerobot_dataset*` are at the end (`OnlineBuffer.to_lerobot_dataset`); LeRobot-only
+tests (`from_lerobot_dataset`, `random_crop_vectorized`) are covered elsewhere or do not apply.
 """
 
 from __future__ import annotations
@@ -231,3 +231,53 @@ def test_async_iterator_shapes(queue_size: int, iterations: int):
             assert batch[part][OBS_IMAGE].shape == (2, 3, 128, 128)
             assert batch[part][OBS_STATE].shape == (2, 11)
     del iterator  # can be disposed of without blocking
+
+
+# ---- LeRobot's test_to_lerobot_dataset* (OnlineBuffer.to_lerobot_dataset, LeRobot's signature) ----
+
+
+def create_dataset_from_replay_buffer(tmp_path):
+    states = [create_dummy_state() for _ in range(4)]
+    actions = [create_dummy_action() for _ in range(4)]
+    replay_buffer = create_empty_replay_buffer()
+    replay_buffer.add(states[0], actions[0], 1.0, states[0], False, False)
+    replay_buffer.add(states[1], actions[1], 1.0, states[1], False, False)
+    replay_buffer.add(states[2], actions[2], 1.0, states[2], True, True)
+    replay_buffer.add(states[3], actions[3], 1.0, states[3], True, True)
+    return replay_buffer.to_lerobot_dataset("dummy/repo", root=tmp_path / "test"), replay_buffer
+
+
+def test_to_lerobot_dataset_with_empty_buffer(replay_buffer):
+    with pytest.raises(ValueError, match="The replay buffer is empty. Cannot convert to a dataset."):
+        replay_buffer.to_lerobot_dataset("dummy_repo")
+
+
+def test_to_lerobot_dataset(tmp_path):
+    ds, buffer = create_dataset_from_replay_buffer(tmp_path)
+
+    assert len(ds) == len(buffer), "Dataset should have the same size as the Replay Buffer"
+    assert ds.fps == 1, "FPS should be 1"
+    assert ds.repo_id == "dummy/repo", "The dataset should have `dummy/repo` repo id"
+    for dim in state_dims():
+        assert dim in ds.features
+        shape = tuple(buffer[0]["state"][dim][0].shape)
+        # LeRobot's ReplayBuffer records the CHW tensor shape of an image under the names
+        # height/width/channels; bufconv records (H, W, C), the dataset convention of those names.
+        expected = (*shape[1:], shape[0]) if dim == OBS_IMAGE else shape
+        assert tuple(ds.features[dim]["shape"]) == expected
+    assert ds.num_episodes == 2
+    assert ds.num_frames == 4
+    for i in range(len(ds)):
+        stored = buffer[i]
+        for feature, value in ds[i].items():
+            if feature == ACTION:
+                assert torch.equal(value, stored["action"][0])
+            elif feature == "next.reward":
+                assert torch.equal(value.reshape(()), stored["reward"][0])
+            elif feature == "next.done":
+                assert torch.equal(value.reshape(()), stored["done"][0])
+            elif feature == OBS_IMAGE:
+                # uint8 pixels both ways (PNG is lossless): LeRobot's own test needs rtol=0.3 here
+                torch.testing.assert_close(value, stored["state"][OBS_IMAGE][0], rtol=0, atol=1e-6)
+            elif feature == OBS_STATE:
+                assert torch.equal(value, stored["state"][OBS_STATE][0])

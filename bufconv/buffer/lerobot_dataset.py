@@ -6,7 +6,7 @@ imports LeRobot inside the function that needs it, so this module loads without 
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any, Protocol
 
 import torch
@@ -32,7 +32,7 @@ def buffer_to_lerobot_dataset(
     buffer: Transitions,
     repo_id: str,
     fps: int = 1,
-    root: str | Path | None = None,
+    root: str | os.PathLike[str] | None = None,
     task_name: str = "from_replay_buffer",
 ) -> Any:
     """Every transition of `buffer` (dataset part, then added ones) as a new LeRobot dataset.

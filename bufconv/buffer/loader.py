@@ -13,6 +13,7 @@ from ..cache.reader import CacheFile, read_cache
 from ..cache.sharded import ShardedCache, is_sharded_folder
 from ..convert.pipeline import ensure
 from ..options import DEFAULT_TOLERANCE_S, BuildOptions
+from .commits import DEFAULT_COMMIT_INTERVAL_S
 from .offline import DEFAULT_CAPACITY, OfflineBuffer
 
 
@@ -29,6 +30,7 @@ def load_or_build(
     storage_device: str | torch.device = "cpu",
     capacity: int = DEFAULT_CAPACITY,
     added_path: str | os.PathLike[str] | None = None,
+    commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     workers: int | None = None,
     generator: torch.Generator | None = None,
@@ -68,6 +70,8 @@ def load_or_build(
         capacity: Live transitions `add` keeps (LeRobot's `offline_buffer_capacity`).
         added_path: A folder where `checkpoint()` keeps the added transitions, resumed from
             it when it holds some (None: in memory only). The cache itself is never rewritten.
+        commit_interval_s: Seconds between background commits of the added transitions into
+            `added_path` (None: only at `checkpoint()`); see `OnlineBuffer`.
         tolerance_s: Allowed distance between parquet timestamps and video frames.
         workers: Most decoding processes when building (None: all cores; at most one per two cores is used).
         generator: Source of randomness for sampling (default: freshly seeded).
@@ -95,7 +99,7 @@ def load_or_build(
             dataset, cache_path, options, shards=shards, ray=ray, on_stale=on_stale,
             verify_payload=verify_payload, device=device,
             use_drq=use_drq, storage_device=storage_device, capacity=capacity, added_path=added_path,
-            generator=generator,
+            commit_interval_s=commit_interval_s, generator=generator,
         )  # fmt: skip
     if dataset is None or not isinstance(dataset, (str, os.PathLike)):
         raise TypeError(
@@ -124,6 +128,7 @@ def load_or_build(
         generator=generator,
         status=result.status,
         added_path=added_path,
+        commit_interval_s=commit_interval_s,
         stale_reasons=result.reasons,
     )
 
@@ -166,6 +171,7 @@ def open_buffer(
     generator: torch.Generator | None = None,
     verify_payload: bool = True,
     added_path: str | os.PathLike[str] | None = None,
+    commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
 ) -> OfflineBuffer:
     """Open an existing cache as a buffer without its dataset (no freshness check; integrity is checked).
 
@@ -190,4 +196,5 @@ def open_buffer(
         generator=generator,
         status="opened",
         added_path=added_path,
+        commit_interval_s=commit_interval_s,
     )

@@ -28,6 +28,7 @@ from ..cache.sharded import ShardedCache
 from ..errors import BufconvError
 from .batch import Batcher, BatchTransition, positions, random_generator
 from .columns import CacheColumns, Columns, ShardColumns
+from .commits import DEFAULT_COMMIT_INTERVAL_S, Commits
 from .lerobot_dataset import buffer_to_lerobot_dataset
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
@@ -58,6 +59,8 @@ class OfflineBuffer:
             the caller has dropped (5x cheaper than fresh pages; a batch still held is never reused).
         added_path: A folder where `checkpoint()` keeps the added transitions (resumed from it
             if it holds some); None keeps them in memory only.
+        commit_interval_s: With `added_path`: seconds between background commits of the added
+            transitions (None: only at `checkpoint()`); see `OnlineBuffer`.
 
     Attributes:
         status: "hit" (fresh cache used), "built" or "rebuilt"; "opened" from `open_buffer`.
@@ -82,6 +85,7 @@ class OfflineBuffer:
         stale_reasons: Sequence[str] = (),
         recycle_outputs: bool = True,
         added_path: str | os.PathLike[str] | None = None,
+        commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
     ) -> None:
         meta = cache.meta
         self.path: Path = cache.path
@@ -136,8 +140,12 @@ class OfflineBuffer:
         self._rows = RowMaker(self.state_keys, self.image_range)
         self.lost = 0
         self.folder: Folder | None = None
+        self.commits: Commits | None = None
         if added_path is not None:
             self._open_added(added_path)
+            self.commits = Commits(self.folder, self._lock, commit_interval_s, self.capacity)  # type: ignore[arg-type]
+            self.commits.store = self._store
+            weakref.finalize(self, self.commits.close)  # the last commit at garbage collection or exit
 
     def _added_schema(self) -> Schema:
         """Added transitions are stored like the dataset's rows: images uint8, the rest float32."""
@@ -324,15 +332,18 @@ class OfflineBuffer:
         Raises:
             BufconvError: the buffer was opened without `added_path`.
         """
-        if self.folder is None:
+        if self.commits is None:
             raise BufconvError(
                 "this OfflineBuffer has no added_path to checkpoint its added transitions into"
             )
-        with self._lock:
-            return self.folder.checkpoint(self._store)
+        result = self.commits.commit()
+        assert result is not None
+        return result
 
     def close(self) -> None:
-        """Release `added_path` (its lock). Idempotent."""
+        """Commit what is left (with background commits) and release `added_path` (its lock). Idempotent."""
+        if self.commits is not None:
+            self.commits.close()
         if self.folder is not None:
             self.folder.close()
 

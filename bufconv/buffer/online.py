@@ -3,12 +3,13 @@
     online = bufconv.OnlineBuffer(capacity=100_000, image_range=1, path="outputs/online_buffer")
     online.add(state, action, reward, next_state, done, truncated, complementary_info)
     batch = online.sample(256)
-    online.checkpoint()          # writes only what was added since the last one
+    online.checkpoint()          # commits what is new now, durable on return
 
 Images are stored once, as uint8, with a declared range (SPEC section 11); `next_state` is a
 link to the next frame when it is one (`store.py`). With a `path`, the buffer lives in that
-folder too: `checkpoint()` appends a segment and replaces the manifest atomically, and a new
-`OnlineBuffer` on the same folder resumes what the last checkpoint committed.
+folder too: every `commit_interval_s` (default 1 s) a background thread appends what is new as a
+segment and replaces the manifest atomically (`commits.py`), so a process killed at any moment
+loses at most the last interval; a new `OnlineBuffer` on the same folder resumes what was committed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 from ..errors import BufconvError, CacheError
 from ..options import validate_range
 from .batch import Batcher, BatchTransition, positions, random_generator
+from .commits import DEFAULT_COMMIT_INTERVAL_S, Commits
+from .lerobot_dataset import buffer_to_lerobot_dataset
 from .persist import CheckpointResult, Folder
 from .prefetch import batches
 from .rows import RowMaker
@@ -55,15 +58,21 @@ class OnlineBuffer:
         recycle_outputs: CPU batches over recycled memory (see `Batcher`).
         read_only: Open the folder's last checkpoint without locking or changing the folder
             (to export or inspect while a learner runs); `checkpoint` is refused.
+        commit_interval_s: With a `path`: seconds between background commits of what is new
+            (`add` never waits for the disk); None commits only at `checkpoint()` and keeps
+            nothing added after the last one if the process dies.
 
     Attributes:
         status: "new" or "resumed".
         lost: Transitions dropped on resume: added after the last checkpoint and half-written
             when the process died, or in a damaged segment (0 after a clean resume).
         warnings: What resuming found wrong (also logged).
+        commits: The folder's commits (`commits.last`: the last one that wrote rows; `commits.error`:
+            a background commit's failure, until one succeeds again); None without a path.
 
     Raises:
-        ValueError: capacity < 1 (LeRobot's message), or an image range other than 1 or 255.
+        ValueError: capacity < 1 (LeRobot's message), an image range other than 1 or 255, or
+            a commit interval <= 0.
         CacheError: the folder is unusable, in use by another process, or holds another buffer.
     """
 
@@ -82,6 +91,7 @@ class OnlineBuffer:
         resume: bool = True,
         recycle_outputs: bool = True,
         read_only: bool = False,
+        commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
     ) -> None:
         if capacity <= 0:
             raise ValueError("Capacity must be greater than 0.")
@@ -103,6 +113,7 @@ class OnlineBuffer:
         self.lost = 0
         self.warnings: list[str] = []
         self.folder: Folder | None = None
+        self.commits: Commits | None = None
         if path is not None:
             self.folder = Folder(path, "online", read_only=read_only)
             weakref.finalize(self, self.folder.close)
@@ -121,6 +132,11 @@ class OnlineBuffer:
             else:
                 self.folder.start(None, capacity=self._capacity, image_range=self.image_range,
                                   state_keys=self.state_keys, image_keys=[])  # fmt: skip
+            interval = None if read_only else commit_interval_s
+            self.commits = Commits(self.folder, self._lock, interval, self._capacity)
+            self.commits.store = self._store
+            # At garbage collection or interpreter exit: the last commit, then the folder's lock.
+            weakref.finalize(self, self.commits.close)
 
     def _resume(self) -> None:
         assert self.folder is not None
@@ -151,6 +167,8 @@ class OnlineBuffer:
 
     def _use(self, store: TransitionStore) -> None:
         self._store = store
+        if self.commits is not None:
+            self.commits.store = store
         self._batcher = Batcher(
             self.state_keys,
             [k for k in self.state_keys if store.schema.frames[k].dtype == "uint8"],
@@ -237,25 +255,45 @@ class OnlineBuffer:
         return schema_for(rows, _squeezed(torch.as_tensor(action)), images, complementary)
 
     def checkpoint(self) -> CheckpointResult:
-        """Commit what was added since the last checkpoint to the buffer's folder.
+        """Commit what was added since the last commit to the buffer's folder; durable on return.
 
         Writes one segment with the new frames and transitions (its cost grows with them, not
         with the buffer) and then replaces the manifest atomically: the checkpoint lands whole,
-        or the previous one stands. Segments the ring has wrapped past are deleted.
+        or the previous one stands. Segments the ring has wrapped past are deleted. With
+        background commits, this commits only the tail since the last one.
 
         Raises:
             BufconvError: the buffer has no `path`.
             CacheError: the folder could not be written (the previous checkpoint stands).
         """
-        if self.folder is None:
+        if self.commits is None:
             raise BufconvError("this OnlineBuffer has no path to checkpoint into; create it with path=FOLDER")
-        with self._lock:
-            return self.folder.checkpoint(self._store)
+        result = self.commits.commit()
+        assert result is not None
+        return result
 
     def close(self) -> None:
-        """Release the folder (its lock); the buffer stays usable in memory. Idempotent."""
+        """Commit what is left (with background commits) and release the folder (its lock); the
+        buffer stays usable in memory, and a later `checkpoint()` takes the folder again. Idempotent."""
+        if self.commits is not None:
+            self.commits.close()
         if self.folder is not None:
             self.folder.close()
+
+    def to_lerobot_dataset(
+        self,
+        repo_id: str,
+        fps: int = 1,
+        root: str | os.PathLike[str] | None = None,
+        task_name: str = "from_replay_buffer",
+    ) -> Any:
+        """Write every transition as a LeRobot dataset (LeRobot's `ReplayBuffer.to_lerobot_dataset`;
+        what `bufconv export` writes). Needs LeRobot.
+
+        Raises:
+            ValueError: the buffer is empty (LeRobot's message).
+        """
+        return buffer_to_lerobot_dataset(self, repo_id=repo_id, fps=fps, root=root, task_name=task_name)
 
     # ---- reading ------------------------------------------------------------------------------
 

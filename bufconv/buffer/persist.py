@@ -155,7 +155,20 @@ class Folder:
         The newest transition is held back while it waits for its next frame (added with
         `next_state=None`); the next checkpoint commits it.
         """
-        started = time.perf_counter()
+        pending = self.prepare(store, copy=False)
+        assert pending is not None
+        return self.commit(pending)
+
+    def prepare(
+        self, store: TransitionStore | None, *, copy: bool, skip_empty: bool = False
+    ) -> Pending | None:
+        """What the next commit writes: the numbers, and the new rows (the caller holds the buffer's lock).
+
+        Args:
+            copy: Copy the new rows out of the rings (to commit them after the buffer's lock is
+                released: `add` may overwrite ring slots meanwhile); otherwise views of the rings.
+            skip_empty: Return None when nothing is new (a background commit writes nothing then).
+        """
         manifest = self.manifest
         assert manifest is not None, "start() or resume() first"
         if self.read_only:
@@ -163,17 +176,14 @@ class Folder:
         self._claim()
         number = int(manifest["checkpoint"]) + 1
         if store is None:  # nothing ever added: an empty buffer is still a checkpoint
-            write_manifest(self.path, dict(manifest, checkpoint=number))
-            manifest["checkpoint"] = number
-            return CheckpointResult(0, 0, 0, time.perf_counter() - started, number, 0, self.path)
-        if not manifest["schema"]:
-            manifest["schema"] = store.schema.to_json()
+            return None if skip_empty else Pending(number, None, 0, 0, 0, 0, 0, 0, 0, {}, {})
         end_transition = store.end_transition - (1 if store.newest_is_open else 0)
         first_transition = store.first_transition
-        first_frame = store.first_frame
-        end_frame = store.end_frame
+        first_frame, end_frame = store.first_frame, store.end_frame
         committed_t = max(int(manifest["transitions"]["end"]), first_transition)
         committed_f = max(int(manifest["frames"]["end"]), first_frame)
+        if skip_empty and end_transition <= committed_t and end_frame <= committed_f:
+            return None
         # Each segment also holds the state frame of its first transition, even if an earlier
         # segment has it (one frame): a segment is then needed only while it has live
         # transitions, and retires with them instead of lingering for one shared frame.
@@ -182,27 +192,56 @@ class Folder:
             if end_transition > committed_t
             else committed_f
         )
+        frames: dict[str, list[torch.Tensor]] = {}
+        transitions: dict[str, list[torch.Tensor]] = {}
+        if end_transition > committed_t or end_frame > committed_f:
+            frames = store.frame_pieces(segment_f, end_frame)
+            transitions = store.transition_pieces(committed_t, end_transition)
+            if copy:
+                frames = {k: [p.to("cpu", copy=True) for p in v] for k, v in frames.items()}
+                transitions = {k: [p.to("cpu", copy=True) for p in v] for k, v in transitions.items()}
+        return Pending(
+            number, store.schema.to_json(), first_frame, end_frame, first_transition, end_transition,
+            committed_f, committed_t, segment_f, frames, transitions,
+        )  # fmt: skip
+
+    def commit(self, pending: Pending) -> CheckpointResult:
+        """Write what `prepare` took: a segment, then the manifest (the commit lands there, whole).
+
+        Needs no lock of the buffer's; commits of one folder must not run at the same time.
+        """
+        started = time.perf_counter()
+        manifest = self.manifest
+        assert manifest is not None
+        number = pending.number
+        if pending.schema is None:
+            write_manifest(self.path, dict(manifest, checkpoint=number))
+            manifest["checkpoint"] = number
+            return CheckpointResult(0, 0, 0, time.perf_counter() - started, number, 0, self.path)
+        if not manifest["schema"]:
+            manifest["schema"] = pending.schema
         segments = seg.segments_of(manifest)
         new = None
-        if end_transition > committed_t or end_frame > committed_f:
+        if pending.frames or pending.transitions:
             new = seg.write_segment(
                 self.path,
                 number,
-                store.frame_pieces(segment_f, end_frame),
-                store.transition_pieces(committed_t, end_transition),
-                first_frame=segment_f,
-                first_transition=committed_t,
+                pending.frames,
+                pending.transitions,
+                first_frame=pending.segment_frame,
+                first_transition=pending.committed_transition,
             )
             segments.append(new)
         # The newest segment stays even without live transitions: its frames may be the state
         # of the next transition (which the next segment then holds again).
+        first_transition = pending.first_transition
         live = [s for s in segments[:-1] if s.end_transition > first_transition] + segments[-1:]
         retired = [s.file for s in segments if s not in live]
         updated = dict(
             manifest,
             checkpoint=number,
-            frames={"first": first_frame, "end": end_frame},
-            transitions={"first": first_transition, "end": max(end_transition, first_transition)},
+            frames={"first": pending.first_frame, "end": pending.end_frame},
+            transitions={"first": first_transition, "end": max(pending.end_transition, first_transition)},
             segments=[s.to_json() for s in live],
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
@@ -210,14 +249,63 @@ class Folder:
         self.manifest = updated
         seg.remove_files(self.path, retired)
         return CheckpointResult(
-            transitions=max(0, end_transition - committed_t),
-            frames=max(0, end_frame - committed_f),
+            transitions=max(0, pending.end_transition - pending.committed_transition),
+            frames=max(0, pending.end_frame - pending.committed_frame),
             bytes=new.bytes if new else 0,
             seconds=time.perf_counter() - started,
             checkpoint=number,
             retired=len(retired),
             path=self.path,
         )
+
+    def merge(self, capacity: int) -> int:
+        """Merge runs of small segments into one (`bufconv.cache.segments.merge_run`'s policy),
+        so that frequent commits leave a bounded number of files. Returns the segments merged away.
+
+        Needs no lock of the buffer's (segments are read from the folder); commits of the folder
+        must not run meanwhile. A crash leaves either the old segments or the merged one named
+        by the manifest; the other files are dropped on resume as nothing committed.
+        """
+        manifest = self.manifest
+        if manifest is None or self.read_only or not manifest.get("segments"):
+            return 0
+        merged_away = 0
+        while True:
+            segments = seg.segments_of(manifest)
+            run = seg.merge_run(segments, max_transitions=max(1, capacity // seg.MERGE_FANOUT))
+            if run is None:
+                return merged_away
+            number = int(manifest["checkpoint"]) + 1
+            merged = seg.merge_segments(self.path, number, segments[run[0] : run[1]])
+            if merged is None:  # a source failed its checksums: left for resume to report
+                return merged_away
+            kept = [*segments[: run[0]], merged, *segments[run[1] :]]
+            updated = dict(manifest, checkpoint=number, segments=[s.to_json() for s in kept])
+            write_manifest(self.path, updated)
+            self.manifest = manifest = updated
+            seg.remove_files(self.path, [s.file for s in segments[run[0] : run[1]]])
+            merged_away += run[1] - run[0]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A commit taken from a store (`Folder.prepare`), to be written by `Folder.commit`.
+
+    Global numbers: the store's first/end frame and transition at the time, what the manifest
+    had committed, and the first frame of the segment; the new rows per column (pieces).
+    """
+
+    number: int
+    schema: dict[str, Any] | None
+    first_frame: int
+    end_frame: int
+    first_transition: int
+    end_transition: int
+    committed_frame: int
+    committed_transition: int
+    segment_frame: int
+    frames: dict[str, list[torch.Tensor]]
+    transitions: dict[str, list[torch.Tensor]]
 
 
 def _restore(store: TransitionStore, segment: seg.Segment, cache: CacheFile) -> bool:

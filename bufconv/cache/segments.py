@@ -36,6 +36,12 @@ FOLDER_FORMAT = "bufconv.online_buffer"
 SEGMENT_FORMAT = "bufconv.online_segment"
 FOLDER_VERSION = 1
 _SEGMENT_NAME = re.compile(r"^seg-(\d{6,})\.pt$")
+MERGE_FANOUT = 8
+"""Segments of one size class merged at a time; a merged segment is about this many times larger."""
+MERGE_BASE_BYTES = 1 << 20
+"""Segments under this size are all of the smallest class."""
+MERGE_MAX_BYTES = 256 << 20
+"""No merge makes a segment larger than this (a segment is deleted only once all its transitions are retired)."""
 
 
 def segment_name(checkpoint: int) -> str:
@@ -212,16 +218,17 @@ def open_folder(folder: str | os.PathLike[str], *, verify_payload: bool = True) 
             opened.damaged.append(segment)
         else:
             opened.segments.append((segment, cache))
+    committed_end = int(manifest["transitions"]["end"])
     for candidate in sorted(path.glob("seg-*.pt")):
         if _SEGMENT_NAME.match(candidate.name) and candidate.name not in named:
             opened.uncommitted.append(candidate)
-            opened.uncommitted_transitions += _transitions_in(candidate)
+            opened.uncommitted_transitions += _transitions_after(candidate, committed_end)
     if opened.uncommitted:
         opened.problems.append(
             Problem(
                 E.UNCOMMITTED,
                 f"{len(opened.uncommitted)} segment file(s) no checkpoint committed "
-                f"({', '.join(p.name for p in opened.uncommitted)}): a checkpoint was interrupted; "
+                f"({', '.join(p.name for p in opened.uncommitted)}): a checkpoint or merge was interrupted; "
                 "they are dropped on resume",
             )
         )
@@ -246,15 +253,84 @@ def _disagreement(segment: Segment, cache: CacheFile) -> Problem | None:
     return None
 
 
-def _transitions_in(path: Path) -> int:
-    """Transitions in an uncommitted segment file, if its header can be read (0 if not)."""
+def _transitions_after(path: Path, committed_end: int) -> int:
+    """Transitions numbered from `committed_end` on in an uncommitted segment file: what it held
+    that no checkpoint did (0 for an interrupted merge of committed segments, or an unreadable header)."""
     from .reader import open_archive
 
     try:
         top, _ = open_archive(path, format=SEGMENT_FORMAT)
-        return int(top["meta"]["transitions"])
+        first, count = int(top["meta"]["first_transition"]), int(top["meta"]["transitions"])
     except (InvalidCacheError, KeyError, TypeError, ValueError):
         return 0
+    return max(0, first + count - max(first, committed_end))
+
+
+def size_class(segment: Segment) -> int:
+    """0 under `MERGE_BASE_BYTES`, then one more for each `MERGE_FANOUT` times as many bytes."""
+    size, level = segment.bytes, 0
+    while size >= MERGE_BASE_BYTES:
+        size //= MERGE_FANOUT
+        level += 1
+    return level
+
+
+def merge_run(segments: Sequence[Segment], *, max_transitions: int) -> tuple[int, int] | None:
+    """The segments to merge next, as a slice [a, b) of `segments` (oldest first), or None.
+
+    The policy of a logarithmic merge: the newest `MERGE_FANOUT` segments, when they are of
+    one size class and their merge stays under `MERGE_MAX_BYTES` and `max_transitions`. Each
+    row is then rewritten about log_FANOUT(commits) times, and a folder of n commits holds
+    about FANOUT * log_FANOUT(n) segments (and at most capacity / max_transitions full ones).
+    """
+    if len(segments) < MERGE_FANOUT:
+        return None
+    a, b = len(segments) - MERGE_FANOUT, len(segments)
+    run = segments[a:b]
+    if len({size_class(s) for s in run}) != 1:
+        return None
+    if sum(s.bytes for s in run) > MERGE_MAX_BYTES or sum(s.transitions for s in run) > max_transitions:
+        return None
+    return a, b
+
+
+def merge_segments(folder: Path, number: int, run: Sequence[Segment]) -> Segment | None:
+    """Write one segment holding the rows of `run` (consecutive segments), verified while read.
+
+    Consecutive segments hold consecutive transitions, and frames that may overlap by one (a
+    segment repeats the state frame of its first transition): the merged segment holds each
+    frame once. Returns None (nothing written) if a source is unreadable or fails its checksums.
+    """
+    from .reader import CacheFile, mismatched_tensors, open_archive
+
+    sources = []
+    for segment in run:
+        try:
+            top, layout = open_archive(folder / segment.file, format=SEGMENT_FORMAT)
+        except InvalidCacheError:
+            return None
+        cache = CacheFile(folder / segment.file, top["meta"], top["tensors"], layout)
+        if _disagreement(segment, cache) is not None or mismatched_tensors(cache):
+            return None
+        sources.append((segment, cache))
+    frames: dict[str, list[torch.Tensor]] = {}
+    transitions: dict[str, list[torch.Tensor]] = {}
+    covered = run[0].first_frame
+    for segment, cache in sources:
+        if segment.first_frame > covered:  # not consecutive: never written so, left alone
+            return None
+        skip = covered - segment.first_frame
+        for name, tensor in cache.tensors.items():
+            kind, column = name.split("/", 1)
+            if kind == "frames":
+                frames.setdefault(column, []).append(tensor[skip:])
+            else:
+                transitions.setdefault(column, []).append(tensor)
+        covered = max(covered, segment.end_frame)
+    return write_segment(
+        folder, number, frames, transitions, first_frame=run[0].first_frame,
+        first_transition=run[0].first_transition,
+    )  # fmt: skip
 
 
 def remove_files(folder: Path, names: list[str]) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..buffer.commits import DEFAULT_COMMIT_INTERVAL_S
 from ..buffer.loader import load_or_build
 from ..buffer.offline import DEFAULT_CAPACITY, OfflineBuffer
 from ..cache.segments import is_buffer_folder
@@ -38,6 +39,7 @@ def initialize_offline_replay_buffer(
     image_range: int | None = None,
     on_stale: str = "rebuild",
     on_mismatch: str = "error",
+    commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
 ) -> OfflineBuffer:
     """Replace LeRobot's `initialize_offline_replay_buffer(cfg, device, storage_device)`.
 
@@ -45,7 +47,8 @@ def initialize_offline_replay_buffer(
     are the policy's input features, and the cache lives at `<cfg.output_dir>/offline_buffer.pt`.
     A fresh cache is memory-mapped in well under a second; a stale one is rebuilt and the
     reasons are logged. Transitions the learner adds (interventions) are checkpointed into
-    `<cfg.output_dir>/offline_added` and resumed from there; the cache is never rewritten. A
+    `<cfg.output_dir>/offline_added` every `commit_interval_s` (and at LeRobot's checkpoints)
+    and resumed from there; the cache is never rewritten. A
     run checkpointed by stock LeRobot (`<output_dir>/dataset_offline`, no `offline_added`) is
     resumed from LeRobot's dataset, as LeRobot does.
 
@@ -62,6 +65,8 @@ def initialize_offline_replay_buffer(
         on_stale: "rebuild" or "error".
         on_mismatch: What to do when the buffer does not fit the config (`bufconv check`: shapes,
             range, bounds, gripper, fps): "error" raises `ContractError`, "warn" logs and goes on.
+        commit_interval_s: Seconds between background commits of the added transitions
+            (`--bufconv.commit_interval_s`; None: only at LeRobot's checkpoints).
     """
     dataset_cfg = cfg.dataset
     output_dir = Path(cfg.output_dir)
@@ -95,6 +100,7 @@ def initialize_offline_replay_buffer(
         crop=crop,
         resize=resize,
         added_path=added,
+        commit_interval_s=commit_interval_s,
     )
     log.info(
         "bufconv offline buffer: %s (%s, %d transitions, images in [0,%d])%s",

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..buffer.commits import DEFAULT_COMMIT_INTERVAL_S
 from ..buffer.online import DEFAULT_ONLINE_CAPACITY, OnlineBuffer
 from .offline import OFFLINE_ADDED_FOLDER, resolve_image_range
 from .preflight import preflight
@@ -29,13 +30,21 @@ __all__ = [
 
 
 def initialize_replay_buffer(
-    cfg: Any, device: str = "cuda:0", storage_device: str = "cpu", *, image_range: int | None = None
+    cfg: Any,
+    device: str = "cuda:0",
+    storage_device: str = "cpu",
+    *,
+    image_range: int | None = None,
+    commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
 ) -> OnlineBuffer:
     """Replace LeRobot's `initialize_replay_buffer(cfg, device, storage_device)`.
 
     A new run gets an empty buffer at `<cfg.output_dir>/online_buffer`; with `cfg.resume` it is
-    resumed from there (what the last checkpoint committed). Capacity, state keys and the image
-    range come from the config as for the offline buffer (an explicit `image_range=` wins).
+    resumed from there (what was last committed). What the actor sends is committed in the
+    background every `commit_interval_s` (`--bufconv.commit_interval_s`, default 1 s),
+    independent of LeRobot's `save_freq`; LeRobot's checkpoints then commit the tail. Capacity,
+    state keys and the image range come from the config as for the offline buffer (an explicit
+    `image_range=` wins).
 
     The image chain of the config (`bufconv check`'s, without the offline data) is checked here, at start.
 
@@ -58,13 +67,15 @@ def initialize_replay_buffer(
         storage_device=str(storage_device),
         use_drq=True,
         resume=bool(getattr(cfg, "resume", False)),
+        commit_interval_s=commit_interval_s,
     )
     log.info(
-        "bufconv online buffer: %s (%s, %d transitions, images in [0,%d]%s)",
+        "bufconv online buffer: %s (%s, %d transitions, images in [0,%d], %s%s)",
         buffer.path,
         buffer.status,
         len(buffer),
         buffer.image_range,
+        f"committed every {commit_interval_s:g} s" if commit_interval_s else "committed at checkpoints only",
         f", {buffer.lost} uncommitted transitions dropped" if buffer.lost else "",
     )
     return buffer
@@ -72,7 +83,8 @@ def initialize_replay_buffer(
 
 class _CheckpointInstead:
     """Stands in for a buffer inside LeRobot's `save_training_checkpoint`: its
-    `to_lerobot_dataset(...)` (the buffer part of the checkpoint) becomes `checkpoint()`."""
+    `to_lerobot_dataset(...)` (the buffer part of the checkpoint) becomes `checkpoint()`: a flush
+    of what the background commits have not written yet."""
 
     def __init__(self, buffer: Any) -> None:
         self._buffer = buffer
