@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ..errors import CacheError
 from .persist import CheckpointResult, Folder
@@ -92,8 +93,12 @@ class Commits:
 
     def _run(self) -> None:
         assert self.interval_s is not None
-        while not self._stop.wait(self.interval_s):
+        # A fixed rate: commit k starts at k intervals (a slow commit does not push the later
+        # ones back), so what is added waits at most one interval plus one write to be durable.
+        due = time.monotonic() + self.interval_s
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
             self._background_commit()
+            due = max(due + self.interval_s, time.monotonic())
 
     def _background_commit(self) -> None:
         try:
