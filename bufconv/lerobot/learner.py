@@ -5,7 +5,9 @@ python -m bufconv.lerobot.learner --config_path train_config.json [--bufconv.ima
 The offline buffer is served from a cache (`initialize_offline_replay_buffer`), the online one
 is a `bufconv.OnlineBuffer` (`initialize_replay_buffer`), checkpoints commit both buffers
 with `checkpoint()` instead of rewriting them as LeRobot datasets, and the policy's image
-encoders check every batch against the range; everything else is LeRobot's. Options (see
+encoders check every batch against the range; `resume=true` goes on from the last checkpoint's
+policy weights (LeRobot 0.6.1 rebuilds the policy from fresh ones: `bufconv.lerobot.resume`);
+everything else is LeRobot's. Options (see
 `bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`, `--bufconv.hook`,
 `--bufconv.cache=PATH` (the offline cache, instead of `<output_dir>/offline_buffer.pt`: one
 cache for every run on the same data, as LeRobot refuses to start a new run in an existing
@@ -21,6 +23,7 @@ from typing import Any
 from .entry import guarded_make_policy, parse_bool, parse_range, run_hooks, split_options
 from .offline import initialize_offline_replay_buffer
 from .online import initialize_replay_buffer, wrap_save_training_checkpoint
+from .resume import mend_resume
 
 OPTIONS = ("image_range", "guard", "hook", "buffers", "cache")
 
@@ -38,7 +41,8 @@ def install(
 
     Replaces `initialize_offline_replay_buffer`, and with `online` (where the module has them)
     `initialize_replay_buffer` and the buffer part of `save_training_checkpoint` (buffers are
-    checkpointed with `checkpoint()`; policy and optimizer checkpoints stay LeRobot's).
+    checkpointed with `checkpoint()`; policy and optimizer checkpoints stay LeRobot's). A resumed
+    run loads the policy from its last checkpoint (`bufconv.lerobot.resume.mend_resume`).
 
     Args:
         module: The learner module to patch (default: the installed LeRobot's).
@@ -60,6 +64,7 @@ def install(
         raise ImportError(f"{module.__name__} has no initialize_offline_replay_buffer to replace")
     if guard and hasattr(module, "make_policy"):
         module.make_policy = guarded_make_policy(module.make_policy, image_range)
+    mend_resume(module)  # resume=true goes on from the last checkpoint's weights (bufconv.lerobot.resume)
     if not buffers:
         return module
     offline_options: dict[str, Any] = {}
