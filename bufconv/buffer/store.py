@@ -113,6 +113,7 @@ class TransitionStore:
         self.first_transition = self.end_transition = 0
         self.first_frame = self.end_frame = 0
         self._released = 0  # frames below this have been handed back
+        self._row_bytes = sum(t[0].nbytes for t in self.frames.values())
         # On the CPU, rows are written and links read through numpy views of the same memory:
         # a live transition is a dozen small writes, and numpy's cost a few times less per write.
         self._cpu = device.type == "cpu"
@@ -228,12 +229,15 @@ class TransitionStore:
 
     def _release(self) -> None:
         """Hand the memory of retired frames back to the OS, in runs of at least `_RELEASE_BYTES`."""
-        row_bytes = sum(t[0].nbytes for t in self.frames.values())
-        if self.device.type != "cpu" or row_bytes == 0:
+        row_bytes = self._row_bytes
+        if not self._cpu or row_bytes == 0:
             return
         if (self.first_frame - self._released) * row_bytes < _RELEASE_BYTES:
             return
-        for g0, g1 in _slot_runs(self._released, self.first_frame, self.frame_capacity):
+        # Only slots no newer frame has taken: frame g's slot holds g + frame_capacity once that
+        # is written (a small ring wraps between two releases; those slots hold live frames).
+        first = max(self._released, self.end_frame - self.frame_capacity)
+        for g0, g1 in _slot_runs(first, self.first_frame, self.frame_capacity):
             for tensor in self.frames.values():
                 _dont_need(tensor, g0, g1)
         self._released = self.first_frame
