@@ -59,7 +59,13 @@ def range_problem(x: torch.Tensor, image_range: int, *, name: str = "image") -> 
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a float or uint8 image tensor, got {x.dtype}")
     lo_t, hi_t = torch.aminmax(x.detach())
-    lo, hi = float(lo_t), float(hi_t)
+    return span_problem(float(lo_t), float(hi_t), declared, name=name)
+
+
+def span_problem(lo: float, hi: float, image_range: int, *, name: str = "image") -> RangeMismatchError | None:
+    """The range problem of float images whose values span [lo, hi] (`range_problem` once the
+    min and max are known: a caller that computed them in its own pass checks with this)."""
+    declared = image_range
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return _error(name, declared, lo, hi, _FIX_NAN, RANGE_MISMATCH)
     if lo == 0.0 and hi == 0.0:

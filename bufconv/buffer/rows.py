@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ranges import check_range, to_uint8
+from ..ranges import check_range, span_problem, to_uint8
 from .batch import as_row
-from .store import Schema, TransitionStore
+from .store import PlacedRow, Schema, TransitionStore
 
 
 class RowMaker:
@@ -31,8 +31,11 @@ class RowMaker:
         self.state_keys = state_keys
         self.image_range = image_range
         self._previous_next: dict[str, torch.Tensor] | None = None
+        self._previous_given: list[Any] | None = None  # next_state's rows as given (the CPU path)
+        self._previous_objects: list[Any] | None = None  # and its values, the objects passed
         self._scratch: dict[str, np.ndarray] = {}  # per camera: float32 memory to convert in
         self._scale = np.float32(255.0 if image_range == 1 else 1.0)
+        self._plan: _Plan | None = None
 
     def add(
         self,
@@ -52,6 +55,12 @@ class RowMaker:
             KeyError: a state key is missing.
             ValueError: a row's shape differs from the store's.
         """
+        if store._cpu:
+            plan = self._plan
+            if plan is None or plan.store is not store:
+                plan = self._plan = _Plan(store, self.state_keys)
+            self._add_in_place(plan, state, action, reward, next_state, done, truncated, complementary_info)
+            return
         schema = store.schema
         raw_state = self._raw(state, schema, "state")
         previous = self._previous_next
@@ -67,6 +76,76 @@ class RowMaker:
             ends_episode=bool(done) or bool(truncated),
         )
         self._previous_next = raw_next
+
+    # ---- CPU stores: converted straight into the ring ------------------------------------------
+
+    def _add_in_place(
+        self,
+        plan: _Plan,
+        state: Mapping[str, Any],
+        action: Any,
+        reward: float | torch.Tensor,
+        next_state: Mapping[str, Any] | None,
+        done: bool | torch.Tensor,
+        truncated: bool | torch.Tensor,
+        complementary_info: Mapping[str, Any] | None,
+    ) -> None:
+        """The CPU path: each image read once for its check and once for its conversion, which
+        writes into a free frame slot; the counters move only in `store.add`, after every check."""
+        store = plan.store
+        previous, previous_objects = self._previous_given, self._previous_objects
+        state_rows: PlacedRow | None
+        if previous_objects is not None and plan.same_objects(state, previous_objects):
+            state_rows = None  # the previous next_state itself (an actor's batch shares its tensors)
+        else:
+            given_state = plan.given(state, "state")
+            if previous is not None and all(
+                _same_given(a, b) for a, b in zip(given_state, previous, strict=True)
+            ):
+                state_rows = None  # the previous next frame, by value: reused without a check
+            else:
+                state_rows = self._placed(plan, given_state, store.free_frame(0), "state")
+        given_next = plan.given(next_state, "next_state") if next_state is not None else None
+        next_rows = (
+            self._placed(plan, given_next, store.free_frame(0 if state_rows is None else 1), "next_state")
+            if given_next is not None
+            else None
+        )
+        columns = plan.columns(action, reward, done, truncated, complementary_info)
+        store.add(state_rows, next_rows, columns, ends_episode=bool(done) or bool(truncated))
+        self._previous_given = given_next
+        self._previous_objects = [next_state[k] for k in plan.state_keys] if next_state is not None else None
+        self._previous_next = None
+
+    def _placed(self, plan: _Plan, given: list[Any], row: PlacedRow, prefix: str) -> PlacedRow:
+        """`given` checked and converted into `row` (a free slot): raises before anything counts."""
+        for (key, is_image, _shape), value in zip(plan.keys, given, strict=True):
+            out = row[key]
+            if not is_image:
+                if isinstance(value, np.ndarray) and value.dtype == np.float32:
+                    np.copyto(out, value.reshape(out.shape))
+                else:
+                    np.copyto(out, value.to(torch.float32).numpy().reshape(out.shape))
+            elif isinstance(value, np.ndarray):  # float32 on the CPU: one min/max pass, then convert
+                lo, hi = torch.aminmax(torch.from_numpy(value))
+                problem = span_problem(float(lo), float(hi), self.image_range, name=f"{prefix}[{key!r}]")
+                if problem is not None:
+                    raise problem
+                scratch = self._scratch.get(key)
+                if scratch is None:
+                    scratch = self._scratch[key] = np.empty(out.shape, np.float32)
+                # to_uint8's float32 product and round-half-even; checked values round into [0, 255]
+                np.multiply(value.reshape(out.shape), self._scale, out=scratch)
+                np.rint(scratch, out=scratch)
+                np.copyto(out, scratch, casting="unsafe")
+            elif value.dtype == torch.uint8:
+                np.copyto(out, value.numpy().reshape(out.shape))
+            else:
+                check_range(value, self.image_range, name=f"{prefix}[{key!r}]")
+                np.copyto(out, to_uint8(value, self.image_range).numpy().reshape(out.shape))
+        return row
+
+    # ---- other stores ------------------------------------------------------------------------
 
     def _raw(self, observation: Mapping[str, Any], schema: Schema, prefix: str) -> dict[str, torch.Tensor]:
         rows = {}
@@ -101,6 +180,102 @@ class RowMaker:
         np.multiply(value.numpy(), self._scale, out=scratch)
         np.rint(scratch, out=scratch)
         return scratch.astype(np.uint8)
+
+
+class _Plan:
+    """What one CPU store's `add` needs, worked out once: keys, shapes, which are images."""
+
+    def __init__(self, store: TransitionStore, state_keys: list[str]) -> None:
+        self.store = store
+        schema = store.schema
+        self.keys = [(k, schema.frames[k].dtype == "uint8", schema.frames[k].shape) for k in state_keys]
+        self.state_keys = state_keys
+        self.action_shape = schema.transitions["action"].shape
+        self.complementary = [
+            (short, f"complementary_info/{short}", schema.transitions[f"complementary_info/{short}"].shape)
+            for short in schema.complementary
+        ]
+
+    def same_objects(self, observation: Mapping[str, Any], objects: list[Any]) -> bool:
+        """Whether `observation` holds exactly `objects` (the same Python objects) for the keys."""
+        return all(observation.get(k) is v for k, v in zip(self.state_keys, objects, strict=True))
+
+    def given(self, observation: Mapping[str, Any], prefix: str) -> list[Any]:
+        """Each key's row as given: a float32 CPU image as a numpy view (its batch dimension of
+        one dropped), anything else as `as_row`'s tensor."""
+        values = []
+        for key, _is_image, shape in self.keys:
+            try:
+                value = observation[key]
+            except KeyError:
+                raise KeyError(
+                    f"{prefix} lacks {key!r}; the buffer's state keys are {self.state_keys}"
+                ) from None
+            values.append(_row(value, shape, f"{prefix}[{key!r}]"))
+        return values
+
+    def columns(
+        self,
+        action: Any,
+        reward: float | torch.Tensor,
+        done: bool | torch.Tensor,
+        truncated: bool | torch.Tensor,
+        complementary_info: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """`transition_columns`, with the numbers and float32 CPU tensors LeRobot's actor sends taken as they are."""
+        action_row = _row(action, self.action_shape, "action")
+        columns: dict[str, Any] = {
+            "action": action_row
+            if isinstance(action_row, np.ndarray)
+            else action_row.to(torch.float32).numpy(),
+            "reward": float(reward),
+            "done": bool(done),
+            "truncated": bool(truncated),
+        }
+        info = complementary_info or {}
+        for short, name, shape in self.complementary:
+            value = info.get(short, 0.0)
+            if shape == () and type(value) in (float, int, bool):
+                columns[name] = float(value)
+                continue
+            row = _row(value, shape, f"complementary_info[{short!r}]")
+            columns[name] = row if isinstance(row, np.ndarray) else row.to(torch.float32).numpy()
+        return columns
+
+
+def _row(value: Any, shape: tuple[int, ...], name: str) -> Any:
+    """`as_row(value)`, as a numpy view when it is a float32 CPU tensor (the usual case: no torch
+    calls beyond the view), else as `as_row`'s tensor."""
+    if (
+        type(value) is torch.Tensor
+        and value.dtype == torch.float32
+        and not value.requires_grad
+        and value.device.type == "cpu"
+    ):
+        array = value.numpy()
+        while array.ndim > len(shape) and array.shape[0] == 1:
+            array = array.reshape(array.shape[1:])  # a view (array[0] of 1-d is a scalar)
+        if array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}; the buffer holds rows of shape {shape}")
+        if array.size:
+            return array
+    row = as_row(value, shape, name)
+    if row.dtype == torch.float32 and row.numel() and not row.requires_grad:
+        return row.numpy()
+    return row
+
+
+def _same_given(a: Any, b: Any) -> bool:
+    """Two rows from `_Plan.given` hold the same values (the same memory, or equal)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        if a.shape != b.shape:
+            return False
+        if a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides:
+            return True  # one tensor: an actor's batch of transitions shares it between the two
+        return bool(np.array_equal(a, b))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return _same(a, b)
+    return False
 
 
 def transition_columns(

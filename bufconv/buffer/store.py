@@ -35,6 +35,17 @@ _RELEASE_BYTES = 8 << 20  # give retired frames' memory back in runs of at least
 _HASH_PIECE = 1 << 20  # restored rows are copied and hashed in pieces of this size (they stay in cache)
 
 
+class PlacedRow(dict[str, Any]):
+    """A frame row already written into a free frame slot of the store (numpy views of that slot).
+
+    `TransitionStore.free_frame` hands these out: a caller converts straight into ring memory,
+    and `add` takes the row without a copy when the slot is where the frame goes (or copies it
+    within the ring when not). A refused add leaves nothing behind: the slots are free.
+    """
+
+    slot: int
+
+
 @dataclass(frozen=True)
 class Column:
     """One stored column: dtype name ("uint8", "float32", "bool", "int64") and row shape."""
@@ -211,11 +222,27 @@ class TransitionStore:
         self.first_frame = self._link(STATE_FRAME, self.first_transition)
         self._release()
 
+    def free_frame(self, k: int) -> PlacedRow:
+        """Views of the slot of frame `end_frame + k` (k = 0 or 1), one per frame column (CPU only).
+
+        Both slots are free before an add: at most 2 * capacity frames are live, in
+        2 * capacity + 2 slots. What is written there counts only once `add` takes it.
+        """
+        slot = (self.end_frame + k) % self.frame_capacity
+        row = PlacedRow({k: self._np[f"frames/{k}"][slot] for k in self.frames})
+        row.slot = slot
+        return row
+
     def _append(self, row: Mapping[str, Any]) -> int:
         g = self.end_frame
         slot = g % self.frame_capacity
-        for key, value in row.items():
-            self._put(f"frames/{key}", slot, value)
+        if isinstance(row, PlacedRow):
+            if row.slot != slot:  # placed one slot on (a state that turned out to be the last frame)
+                for key, value in row.items():
+                    self._np[f"frames/{key}"][slot] = value
+        else:
+            for key, value in row.items():
+                self._put(f"frames/{key}", slot, value)
         self.end_frame += 1
         return g
 
