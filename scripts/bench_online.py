@@ -13,6 +13,10 @@ runs in a fresh process; memory is the RSS the buffer adds, per transition.
 
 Measurements, at each size N:
   add           N adds into an empty buffer of capacity N (throughput; RSS per transition)
+  add, first fill / steady state
+                per-add cost, memory only (bufconv path=None), in a process of its own: N adds
+                into an empty buffer of capacity N, then N more into the full one (the ring
+                wrapping); bufconv's per-add latency (p50/p99/max) over N more after that
   checkpoint    the first checkpoint of the N transitions
   checkpoint2   1,000 more transitions (the oldest retired), then a checkpoint
   resume        a fresh process opening the checkpoint (after its imports)
@@ -83,11 +87,58 @@ def _add_all(buffer: Any, transitions: Any) -> float:
     return time.perf_counter() - started
 
 
+def add_latency(buffer: Any, transitions: Any) -> dict[str, float]:
+    """Per-add latency over `transitions` (each add timed alone): p50, p99 and max, in ms.
+
+    Takes any buffer, so one with background commits is measured the same way.
+    """
+    times = []
+    clock = time.perf_counter_ns
+    for t in transitions:
+        started = clock()
+        buffer.add(**t)
+        times.append(clock() - started)
+    times.sort()
+
+    def at(q: float) -> float:
+        return times[min(len(times) - 1, int(q * len(times)))] / 1e6
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": times[-1] / 1e6}
+
+
+def measure_add(side: str, size: int) -> dict[str, Any]:
+    """Per-add cost of one side, memory only: first fill, steady state (ring wrapping), latency."""
+    if side == "bufconv-add":
+        from bufconv import OnlineBuffer
+
+        buffer: Any = OnlineBuffer(capacity=size)
+    else:
+        from lerobot.rl.buffer import ReplayBuffer
+
+        buffer = ReplayBuffer(
+            capacity=size, device="cpu", storage_device="cpu", use_drq=False, optimize_memory=True
+        )
+    pool = _pool()
+    # Transitions made before the timer: the stream's dicts are not part of an add.
+    fill, steady = list(_stream(pool, size)), list(_stream(pool, size, start=size))
+    out: dict[str, Any] = {
+        "side": side,
+        "size": size,
+        "add_fill_ms": _add_all(buffer, fill) / size * 1e3,
+        "add_steady_ms": _add_all(buffer, steady) / size * 1e3,
+    }
+    if side == "bufconv-add":
+        out["latency"] = add_latency(buffer, list(_stream(pool, size, start=2 * size)))
+    return out
+
+
 def measure(side: str, size: int, workdir: Path) -> dict[str, Any]:
     """One side at one size, in this (fresh) process."""
     import torch
 
     torch.set_num_threads(1)
+    if side.endswith("-add"):
+        return measure_add(side, size)
     out: dict[str, Any] = {"side": side, "size": size}
     folder = workdir / f"{side}-{size}"
     if side == "bufconv-resume":
@@ -178,6 +229,7 @@ def main() -> None:
         row = {side: _child(side, size, args.workdir, args.timeout) for side in ("lerobot", "bufconv")}
         for side in ("lerobot", "bufconv"):
             row[side].update(_child(f"{side}-resume", size, args.workdir, args.timeout))
+            row[side].update(_child(f"{side}-add", size, args.workdir, args.timeout))
         rows[size] = row
         mine, theirs = row["bufconv"], row["lerobot"]
         print(f"\n{size:,} transitions (two 128x128 cameras), then {MORE:,} more")
@@ -193,6 +245,15 @@ def main() -> None:
         ):
             a, b = theirs[key] * scale, mine[key] * scale
             print(f"  {label:28}{a:>13.3f} {unit:<2}{b:>9.3f} {unit:<2}{a / b:>9.1f}x")
+        print("  per add, memory only (ratio: LeRobot time / bufconv time)")
+        for label, key in (("add, first fill", "add_fill_ms"), ("add, steady state", "add_steady_ms")):
+            a, b = theirs[key], mine[key]
+            print(f"  {label:28}{a:>13.4f} ms{b:>9.4f} ms{a / b:>9.2f}x")
+        latency = mine["latency"]
+        print(
+            f"  {'add latency, bufconv':28}p50 {latency['p50_ms']:.4f} ms, p99 {latency['p99_ms']:.4f} ms,"
+            f" max {latency['max_ms']:.4f} ms"
+        )
     ratios = {
         str(size): {
             "memory_ours_over_lerobot": row["bufconv"]["bytes_per_transition"]
@@ -200,6 +261,8 @@ def main() -> None:
             "checkpoint_speedup": row["lerobot"]["checkpoint_s"] / row["bufconv"]["checkpoint_s"],
             "checkpoint2_speedup": row["lerobot"]["checkpoint2_s"] / row["bufconv"]["checkpoint2_s"],
             "add_speedup": row["lerobot"]["add_s"] / row["bufconv"]["add_s"],
+            "add_fill_speedup": row["lerobot"]["add_fill_ms"] / row["bufconv"]["add_fill_ms"],
+            "add_steady_speedup": row["lerobot"]["add_steady_ms"] / row["bufconv"]["add_steady_ms"],
             "resume_s": row["bufconv"]["resume_s"],
             "checkpoint2_s": row["bufconv"]["checkpoint2_s"],
         }

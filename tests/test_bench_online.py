@@ -34,9 +34,15 @@ def test_bench_online_small_configuration_prints_its_table(tmp_path: Path) -> No
         "first checkpoint",
         "checkpoint after +1,000",
         "resume (fresh process)",
+        "add, first fill",
+        "add, steady state",
+        "add latency, bufconv",
     ):
         assert line in done.stdout, line
     report = json.loads((tmp_path / "bench-online.json").read_text())
     row = report["rows"]["100"]
     assert row["bufconv"]["resumed"] == row["lerobot"]["resumed"] == 100
     assert all(value > 0 for value in report["ratios"]["100"].values())
+    latency = row["bufconv"]["latency"]
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert row["lerobot"]["add_steady_ms"] > 0 and row["bufconv"]["add_fill_ms"] > 0
