@@ -2,7 +2,7 @@
 """The online buffer against LeRobot's, side by side in one run: memory, add, checkpoint, resume.
 
     .venv/bin/python scripts/bench_online.py                  # 1,000 and 10,000 transitions
-    .venv/bin/python scripts/bench_online.py --sizes 200      # the small CI configuration
+    .venv/bin/python scripts/bench_online.py --sizes 100 --commit-seconds 2 --hour-rate 2   # the CI one
 
 The stream is the HIL-SERL shape: two 128x128 cameras ([0,1] floats, as the actor sends them),
 18-d state, 4-d action, complementary_info, episodes of 50 transitions. LeRobot is measured as
@@ -20,6 +20,13 @@ Measurements, at each size N:
   checkpoint    the first checkpoint of the N transitions
   checkpoint2   1,000 more transitions (the oldest retired), then a checkpoint
   resume        a fresh process opening the checkpoint (after its imports)
+  background commits
+                bufconv only: --commit-seconds of adds paced at 100 a second, per-add latency
+                (p50/p99/max) memory only and with commits every second; then checkpoint() with
+                commits on (it writes the tail) and without them (all of it)
+Once: an hour of one-second commits at --hour-rate transitions a second, simulated without the
+waits (the commits and merges the thread makes, 32x32 cameras, capacity 100,000): the segment
+files in the folder, and a resume of it in a fresh process.
 """
 
 from __future__ import annotations
@@ -132,13 +139,23 @@ def measure_add(side: str, size: int) -> dict[str, Any]:
     return out
 
 
-def measure(side: str, size: int, workdir: Path) -> dict[str, Any]:
+def measure(side: str, size: int, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One side at one size, in this (fresh) process."""
     import torch
 
     torch.set_num_threads(1)
     if side.endswith("-add"):
         return measure_add(side, size)
+    if side == "bufconv-commits":
+        return measure_commits(size, workdir, args.commit_seconds)
+    if side == "bufconv-hour":
+        return measure_hour(workdir, args.hour_rate)
+    if side == "bufconv-hour-resume":
+        from bufconv import OnlineBuffer
+
+        started = time.perf_counter()
+        buffer = OnlineBuffer(capacity=100_000, path=workdir / "hour")
+        return {"resume_s": time.perf_counter() - started, "resumed": len(buffer), "lost": buffer.lost}
     out: dict[str, Any] = {"side": side, "size": size}
     folder = workdir / f"{side}-{size}"
     if side == "bufconv-resume":
@@ -164,7 +181,8 @@ def measure(side: str, size: int, workdir: Path) -> dict[str, Any]:
     if side == "bufconv":
         from bufconv import OnlineBuffer
 
-        buffer = OnlineBuffer(capacity=size, path=folder)
+        # commits only at checkpoint(), as LeRobot's: both sides write all N at the first one
+        buffer = OnlineBuffer(capacity=size, path=folder, commit_interval_s=None)
     else:
         from lerobot.rl.buffer import ReplayBuffer
 
@@ -195,14 +213,113 @@ def measure(side: str, size: int, workdir: Path) -> dict[str, Any]:
     return out
 
 
-def _child(side: str, size: int, workdir: Path, timeout: float) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--measure", side, "--sizes", str(size), "--workdir", str(workdir)]
+# ---- background commits (issue 18) ----------------------------------------------------------
+
+RATE = 100  # transitions a second, as a learner fed by a few actors at 10-30 fps
+HOUR_S = 3600
+
+
+def _paced_latencies(buffer: Any, transitions: Any, rate: float) -> list[float]:
+    """Each add's latency (ms), adds paced at `rate` a second (so background commits interleave)."""
+    period = 1.0 / rate
+    due = time.perf_counter()
+    out = []
+    for t in transitions:
+        now = time.perf_counter()
+        if now < due:
+            time.sleep(due - now)
+        started = time.perf_counter_ns()
+        buffer.add(**t)
+        out.append((time.perf_counter_ns() - started) / 1e6)
+        due += period
+    return out
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": ordered[-1]}
+
+
+def measure_commits(size: int, workdir: Path, seconds: float) -> dict[str, Any]:
+    """bufconv at RATE adds a second for `seconds`: per-add latency with background commits on and
+    memory only, then the cost of a checkpoint (the tail) with them on, and without them (all)."""
+    import torch
+
+    from bufconv import OnlineBuffer
+
+    torch.set_num_threads(1)
+    pool = _pool()
+    count = int(RATE * seconds)
+    out: dict[str, Any] = {"rate": RATE, "adds": count}
+    memory = OnlineBuffer(capacity=size)
+    out["memory_only"] = _percentiles(_paced_latencies(memory, _stream(pool, count), RATE))
+    del memory
+    background = OnlineBuffer(capacity=size, path=workdir / f"commits-{size}", commit_interval_s=1.0)
+    out["background"] = _percentiles(_paced_latencies(background, _stream(pool, count), RATE))
+    started = time.perf_counter()
+    result = background.checkpoint()
+    out["checkpoint_background_s"] = time.perf_counter() - started
+    out["checkpoint_background_transitions"] = result.transitions
+    background.close()
+    plain = OnlineBuffer(capacity=size, path=workdir / f"plain-{size}", commit_interval_s=None)
+    _add_all(plain, _stream(pool, count))
+    started = time.perf_counter()
+    out["checkpoint_plain_transitions"] = plain.checkpoint().transitions
+    out["checkpoint_plain_s"] = time.perf_counter() - started
+    plain.close()
+    return out
+
+
+def measure_hour(workdir: Path, rate: int) -> dict[str, Any]:
+    """An hour of one-second commits at `rate` transitions a second, simulated without the waits:
+    the commits and merges the thread would make, one per `rate` adds (32x32 cameras, so the hour's
+    360,000 transitions fit a small disk), capacity LeRobot's 100,000. Then a fresh resume."""
+    import torch
+
+    from bufconv import OnlineBuffer
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    small = [
+        {**{key: torch.randint(0, 256, (1, 3, 32, 32), generator=g).float() / 255 for key in CAMERAS},
+         STATE: torch.randn((1, 18), generator=g)}
+        for _ in range(64)
+    ]  # fmt: skip
+    folder = workdir / "hour"
+    buffer = OnlineBuffer(capacity=100_000, path=folder, commit_interval_s=None)
+    most_files = 0
+    started = time.perf_counter()
+    for second in range(HOUR_S):
+        _add_all(buffer, _stream(small, rate, start=second * rate))
+        buffer.checkpoint()
+        buffer.commits.merge()
+        most_files = max(most_files, len(list(folder.glob("seg-*.pt"))))
+    out = {
+        "commits": HOUR_S,
+        "transitions": HOUR_S * rate,
+        "kept": len(buffer),
+        "files": len(list(folder.glob("seg-*.pt"))),
+        "most_files": most_files,
+        "disk_mb": sum(p.stat().st_size for p in folder.glob("seg-*.pt")) / 1e6,
+        "simulated_s": time.perf_counter() - started,
+    }
+    buffer.close()
+    return out
+
+
+def _child(side: str, size: int, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--measure", side, "--sizes", str(size), "--workdir", str(workdir),
+               "--commit-seconds", str(args.commit_seconds), "--hour-rate", str(args.hour_rate)]  # fmt: skip
     done = subprocess.run(
         command,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        timeout=timeout,
+        timeout=args.timeout,
     )
     if done.returncode != 0:
         raise SystemExit(f"measurement {side} {size} failed:\n{done.stderr[-3000:]}")
@@ -216,20 +333,30 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated buffer sizes")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out/online"))
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=10.0,
+        help=f"seconds of adds at {RATE}/s for the commit latencies",
+    )
+    parser.add_argument(
+        "--hour-rate", type=int, default=100, help="transitions a second in the simulated hour of commits"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.measure:
-        print(json.dumps(measure(args.measure, sizes[0], args.workdir)))
+        print(json.dumps(measure(args.measure, sizes[0], args.workdir, args)))
         return
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     rows: dict[int, dict[str, Any]] = {}
     for size in sizes:
-        row = {side: _child(side, size, args.workdir, args.timeout) for side in ("lerobot", "bufconv")}
+        row = {side: _child(side, size, args.workdir, args) for side in ("lerobot", "bufconv")}
         for side in ("lerobot", "bufconv"):
-            row[side].update(_child(f"{side}-resume", size, args.workdir, args.timeout))
-            row[side].update(_child(f"{side}-add", size, args.workdir, args.timeout))
+            row[side].update(_child(f"{side}-resume", size, args.workdir, args))
+            row[side].update(_child(f"{side}-add", size, args.workdir, args))
+        row["bufconv"]["commits"] = _child("bufconv-commits", size, args.workdir, args)
         rows[size] = row
         mine, theirs = row["bufconv"], row["lerobot"]
         print(f"\n{size:,} transitions (two 128x128 cameras), then {MORE:,} more")
@@ -254,6 +381,26 @@ def main() -> None:
             f"  {'add latency, bufconv':28}p50 {latency['p50_ms']:.4f} ms, p99 {latency['p99_ms']:.4f} ms,"
             f" max {latency['max_ms']:.4f} ms"
         )
+        commits = mine["commits"]
+        print(
+            f"  background commits, bufconv: {commits['adds']:,} adds at {commits['rate']}/s, latency per add"
+        )
+        for label, key in (("memory only", "memory_only"), ("commits every 1 s", "background")):
+            q = commits[key]
+            print(f"  {label:28}p50 {q['p50_ms']:.4f} ms, p99 {q['p99_ms']:.4f} ms, max {q['max_ms']:.4f} ms")
+        print(
+            f"  {'checkpoint, commits on':28}{commits['checkpoint_background_s']:.4f} s "
+            f"({commits['checkpoint_background_transitions']} transitions: the tail); without them "
+            f"{commits['checkpoint_plain_s']:.4f} s ({commits['checkpoint_plain_transitions']:,})"
+        )
+    hour = _child("bufconv-hour", 0, args.workdir, args)
+    hour.update(_child("bufconv-hour-resume", 0, args.workdir, args))
+    print(
+        f"\nan hour of one-second commits at {args.hour_rate}/s, simulated ({hour['transitions']:,} transitions, "
+        f"two 32x32 cameras, capacity 100,000): {hour['files']} segment files at the end "
+        f"(at most {hour['most_files']}), {hour['disk_mb']:.0f} MB; resume (fresh process) "
+        f"{hour['resume_s']:.2f} s for {hour['resumed']:,} transitions"
+    )
     ratios = {
         str(size): {
             "memory_ours_over_lerobot": row["bufconv"]["bytes_per_transition"]
@@ -269,7 +416,9 @@ def main() -> None:
         for size, row in rows.items()
     }
     print("\nratios:", json.dumps(ratios, indent=1))
-    (args.workdir / "bench-online.json").write_text(json.dumps({"rows": rows, "ratios": ratios}, indent=1))
+    (args.workdir / "bench-online.json").write_text(
+        json.dumps({"rows": rows, "ratios": ratios, "hour": hour}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ def test_bench_online_small_configuration_prints_its_table(tmp_path: Path) -> No
             "100",
             "--workdir",
             str(tmp_path),
+            "--commit-seconds",
+            "2",
+            "--hour-rate",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -37,6 +41,9 @@ def test_bench_online_small_configuration_prints_its_table(tmp_path: Path) -> No
         "add, first fill",
         "add, steady state",
         "add latency, bufconv",
+        "commits every 1 s",
+        "checkpoint, commits on",
+        "an hour of one-second commits at 2/s",
     ):
         assert line in done.stdout, line
     report = json.loads((tmp_path / "bench-online.json").read_text())
@@ -46,3 +53,11 @@ def test_bench_online_small_configuration_prints_its_table(tmp_path: Path) -> No
     latency = row["bufconv"]["latency"]
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert row["lerobot"]["add_steady_ms"] > 0 and row["bufconv"]["add_fill_ms"] > 0
+    commits = row["bufconv"]["commits"]
+    assert commits["adds"] == 200 and commits["checkpoint_plain_transitions"] == 100
+    for key in ("memory_only", "background"):
+        assert 0 < commits[key]["p50_ms"] <= commits[key]["p99_ms"] <= commits[key]["max_ms"]
+    hour = report["hour"]
+    assert hour["commits"] == 3600 and hour["transitions"] == 7200
+    assert hour["resumed"] == 7200 and hour["lost"] == 0
+    assert 0 < hour["files"] <= hour["most_files"]
