@@ -20,6 +20,7 @@ from bufconv.lerobot.entry import (
     image_encoders,
     load_hook,
     parse_bool,
+    parse_interval,
     parse_range,
     run_hooks,
     split_options,
@@ -195,15 +196,17 @@ def test_learner_main_passes_its_options_on(monkeypatch: pytest.MonkeyPatch, tmp
         "--bufconv.image_range=255",
         f"--bufconv.hook={hook}",
         "--bufconv.cache=/data/offline_buffer.pt",
+        "--bufconv.commit_interval_s=0.5",
     ]
     monkeypatch.setattr(sys, "argv", argv)
     seen = []
     monkeypatch.setattr(lerobot_learner, "train_cli", lambda: seen.append(list(sys.argv)))
     bufconv_learner.main()
     assert seen == [["learner", "--config_path=c.json"]]
-    assert lerobot_learner.initialize_replay_buffer.keywords == {"image_range": 255}
+    assert lerobot_learner.initialize_replay_buffer.keywords == {"image_range": 255, "commit_interval_s": 0.5}
     assert lerobot_learner.initialize_offline_replay_buffer.keywords == {
         "image_range": 255,
+        "commit_interval_s": 0.5,
         "cache_path": "/data/offline_buffer.pt",  # one cache for every run on the same data
     }
     assert lerobot_learner.hook_saw is lerobot_learner.initialize_replay_buffer
@@ -211,9 +214,27 @@ def test_learner_main_passes_its_options_on(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.delattr(lerobot_learner, "hook_saw")
 
 
-def test_learner_main_refuses_a_bad_option_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("--bufconv.buffers=both", "--bufconv.buffers"),
+        ("--bufconv.commit_interval_s=0", "--bufconv.commit_interval_s"),
+    ],
+)
+def test_learner_main_refuses_a_bad_option_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, arg: str, message: str
+) -> None:
     from bufconv.lerobot import learner as bufconv_learner
 
-    monkeypatch.setattr(sys, "argv", ["learner", "--bufconv.buffers=both"])
-    with pytest.raises(SystemExit, match="bufconv: error: --bufconv.buffers"):
+    monkeypatch.setattr(sys, "argv", ["learner", arg])
+    with pytest.raises(SystemExit, match=f"bufconv: error: {message}"):
         bufconv_learner.main()
+
+
+def test_commit_interval_option_parses_seconds_or_none() -> None:
+    assert parse_interval(None, 1.0) == 1.0
+    assert parse_interval(["2", "0.25"], 1.0) == 0.25
+    assert parse_interval(["none"], 1.0) is None
+    for bad in ("0", "-1", "soon", "nan"):
+        with pytest.raises(ValueError, match="expected seconds > 0, or none"):
+            parse_interval([bad], 1.0)

@@ -80,6 +80,22 @@ def parse_range(values: list[str] | None) -> int | None:
         raise ValueError(f"--bufconv.image_range: {e}") from None
 
 
+def parse_interval(values: list[str] | None, default: float | None) -> float | None:
+    """`--bufconv.commit_interval_s`: seconds > 0, or none/off (commits only at checkpoints)."""
+    if not values:
+        return default
+    text = values[-1].strip().lower()
+    if text in ("none", "off", "null"):
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"--bufconv.commit_interval_s: expected seconds > 0, or none; got {values[-1]!r}")
+    return seconds
+
+
 def load_hook(spec: str) -> ModuleType:
     """Import a hook: a `.py` file (by path) or a module name."""
     if spec.endswith(".py"):

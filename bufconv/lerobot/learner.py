@@ -11,7 +11,9 @@ everything else is LeRobot's. Options (see
 `bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`, `--bufconv.hook`,
 `--bufconv.cache=PATH` (the offline cache, instead of `<output_dir>/offline_buffer.pt`: one
 cache for every run on the same data, as LeRobot refuses to start a new run in an existing
-output_dir), and `--bufconv.buffers=lerobot`, which keeps LeRobot's own buffers (to compare).
+output_dir), `--bufconv.commit_interval_s=SECONDS` (background commits of both buffers, default
+1; `none`: only at LeRobot's checkpoints), and `--bufconv.buffers=lerobot`, which keeps
+LeRobot's own buffers (to compare).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import functools
 import sys
 from typing import Any
 
-from .entry import guarded_make_policy, parse_bool, parse_range, run_hooks, split_options
+from ..buffer.commits import DEFAULT_COMMIT_INTERVAL_S
+from .entry import guarded_make_policy, parse_bool, parse_interval, parse_range, run_hooks, split_options
 from .offline import initialize_offline_replay_buffer
 from .online import initialize_replay_buffer, wrap_save_training_checkpoint
 from .resume import mend_resume
 
-OPTIONS = ("image_range", "guard", "hook", "buffers", "cache")
+OPTIONS = ("image_range", "guard", "hook", "buffers", "cache", "commit_interval_s")
 
 
 def install(
@@ -36,6 +39,7 @@ def install(
     guard: bool = False,
     buffers: bool = True,
     cache_path: str | None = None,
+    commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
 ) -> Any:
     """Make LeRobot's learner use bufconv's buffers (and check what its encoders see).
 
@@ -52,6 +56,9 @@ def install(
             encoders is range-checked (`bufconv.guard_encoder`).
         buffers: Replace the buffers (False keeps LeRobot's own, for comparisons).
         cache_path: The offline cache (default `<output_dir>/offline_buffer.pt`).
+        commit_interval_s: Seconds between background commits of the online buffer and the
+            offline buffer's added transitions, independent of LeRobot's `save_freq` (None:
+            only at LeRobot's checkpoints).
 
     Returns:
         The patched module.
@@ -67,23 +74,16 @@ def install(
     mend_resume(module)  # resume=true goes on from the last checkpoint's weights (bufconv.lerobot.resume)
     if not buffers:
         return module
-    offline_options: dict[str, Any] = {}
+    common: dict[str, Any] = {"commit_interval_s": commit_interval_s}
     if image_range is not None:
-        offline_options["image_range"] = image_range
-    if cache_path is not None:
-        offline_options["cache_path"] = cache_path
-    module.initialize_offline_replay_buffer = (
-        functools.partial(initialize_offline_replay_buffer, **offline_options)
-        if offline_options
-        else initialize_offline_replay_buffer
+        common["image_range"] = image_range
+    offline_options = dict(common, cache_path=cache_path) if cache_path is not None else common
+    module.initialize_offline_replay_buffer = functools.partial(
+        initialize_offline_replay_buffer, **offline_options
     )
     if online:
         if hasattr(module, "initialize_replay_buffer"):
-            module.initialize_replay_buffer = (
-                initialize_replay_buffer
-                if image_range is None
-                else functools.partial(initialize_replay_buffer, image_range=image_range)
-            )
+            module.initialize_replay_buffer = functools.partial(initialize_replay_buffer, **common)
         save = getattr(module, "save_training_checkpoint", None)
         if save is not None and not hasattr(save, "__wrapped__"):
             module.save_training_checkpoint = wrap_save_training_checkpoint(save)
@@ -101,6 +101,7 @@ def main() -> None:
             guard=parse_bool((options.get("guard") or ["true"])[-1], "guard"),
             buffers=buffers == "bufconv",
             cache_path=options["cache"][-1] if options.get("cache") else None,
+            commit_interval_s=parse_interval(options.get("commit_interval_s"), DEFAULT_COMMIT_INTERVAL_S),
         )
         run_hooks(options.get("hook", []), module)
     except (ImportError, ValueError) as e:
