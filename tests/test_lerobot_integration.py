@@ -244,8 +244,9 @@ def test_install_patches_lerobot_learner(monkeypatch: pytest.MonkeyPatch) -> Non
     _restore_learner_after_test(monkeypatch, learner)
     assert original is not initialize_offline_replay_buffer
     assert install() is learner
-    assert learner.initialize_offline_replay_buffer is initialize_offline_replay_buffer
-    assert learner.initialize_replay_buffer is initialize_replay_buffer
+    assert learner.initialize_offline_replay_buffer.func is initialize_offline_replay_buffer
+    assert learner.initialize_replay_buffer.func is initialize_replay_buffer
+    assert learner.initialize_replay_buffer.keywords == {"commit_interval_s": 1.0}  # every second
     assert learner.save_training_checkpoint.__wrapped__ is saving
     install()  # twice: wrapped once
     assert learner.save_training_checkpoint.__wrapped__ is saving
@@ -256,7 +257,7 @@ def test_install_patches_a_given_module_and_refuses_foreign_ones() -> None:
     module = types.ModuleType("some_learner")
     module.initialize_offline_replay_buffer = lambda cfg, device, storage_device: None
     assert install(module) is module
-    assert module.initialize_offline_replay_buffer is initialize_offline_replay_buffer
+    assert module.initialize_offline_replay_buffer.func is initialize_offline_replay_buffer
     with pytest.raises(ImportError, match="initialize_offline_replay_buffer"):
         install(types.ModuleType("not_a_learner"))
 
