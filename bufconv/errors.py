@@ -44,6 +44,9 @@ CHECKSUM_MISMATCH = "checksum-mismatch"
 INCONSISTENT = "inconsistent"
 RANGE_MISMATCH = "range-mismatch"
 DOUBLE_NORMALIZED = "double-normalized"
+UNIT_MISMATCH = (
+    "unit-mismatch"  # depth in metres where millimetres are declared, or the reverse (SPEC section 15)
+)
 STALE = "stale"
 DIFFERENT_DATASET = "different-dataset"  # verify --dataset names another dataset than the source
 UNCOMMITTED = "uncommitted"  # an online buffer's segment no checkpoint committed (SPEC section 11)
@@ -57,9 +60,13 @@ FPS_MISMATCH = "fps-mismatch"
 CLAMP_BEFORE_RANGE = "clamp-before-range"
 CROP_MISMATCH = "crop-mismatch"  # a cache cropped/resized otherwise than the config's env processor
 # The image chain (SPEC section 14): what each network's first layer sees.
-NORMALIZER_RANGE_MISMATCH = "normalizer-range-mismatch"  # stats in [0,1] units on [0,255] images, or the reverse
+NORMALIZER_RANGE_MISMATCH = (
+    "normalizer-range-mismatch"  # stats in [0,1] units on [0,255] images, or the reverse
+)
 PATH_MISMATCH = "path-mismatch"  # two paths into one network map the same pixel differently
-CLASSIFIER_INPUT_MISMATCH = "classifier-input-mismatch"  # the reward classifier's actor path differs from its training
+CLASSIFIER_INPUT_MISMATCH = (
+    "classifier-input-mismatch"  # the reward classifier's actor path differs from its training
+)
 
 
 @dataclass(frozen=True)
@@ -155,3 +162,15 @@ class RangeMismatchError(BufconvError, ValueError):
         self.problem = problem
         #: The path and its pixel map (`PixelMap.describe()`), when the check was against a map.
         self.path_map: str | None = None
+
+
+class UnitMismatchError(RangeMismatchError):
+    """Raised when depth values contradict the unit ("mm" or "m") a buffer or encoder declared."""
+
+    def __init__(self, message: str, *, key: str, unit: str, found_min: float, found_max: float) -> None:
+        # `expected` of a range error is a range (1 or 255); a depth key's is its unit.
+        super().__init__(
+            message, key=key, expected=0, found_min=found_min, found_max=found_max, problem=UNIT_MISMATCH
+        )
+        self.expected_unit = unit
+        self.unit = unit

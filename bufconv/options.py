@@ -8,9 +8,14 @@ from dataclasses import dataclass, field
 
 #: The two value ranges a cache can declare for its image keys (SPEC section 3).
 IMAGE_RANGES = (1, 255)
+#: The units a cache can deliver depth keys in (SPEC section 15); "mm" is LeRobot's default
+#: (`DatasetConfig.depth_output_unit`).
+DEPTH_UNITS = ("mm", "m")
+DEFAULT_DEPTH_UNIT = "mm"
 DEFAULT_TOLERANCE_S = 1e-4
 
 _BAD_RANGE = "image_range must be 1 (floats in [0,1]) or 255 (floats in [0,255]); got {!r}"
+_BAD_DEPTH_UNIT = "depth_unit must be 'mm' (millimetres, LeRobot's default) or 'm' (metres); got {!r}"
 _BAD_EPISODES = "cannot read episode selection {!r}: write it like '0-9,15' (ranges are inclusive)"
 _BAD_CROP = (
     "cannot read crop {!r}: write it KEY=TOP,LEFT,HEIGHT,WIDTH in pixels, like "
@@ -27,6 +32,13 @@ def validate_range(image_range: object) -> int:
     if isinstance(image_range, bool) or image_range not in IMAGE_RANGES:
         raise ValueError(_BAD_RANGE.format(image_range))
     return 255 if image_range == 255 else 1
+
+
+def validate_depth_unit(unit: object) -> str:
+    """Return `unit` ("mm" or "m"), or raise ValueError."""
+    if unit not in DEPTH_UNITS:
+        raise ValueError(_BAD_DEPTH_UNIT.format(unit))
+    return str(unit)
 
 
 def parse_episodes(text: str) -> tuple[int, ...]:
@@ -172,6 +184,10 @@ class BuildOptions:
     """(height, width) every image key is resized to after its crop, as LeRobot's `resize_size`
     (bilinear, antialiased, on the frame's float values); None: no resize."""
 
+    depth_unit: str = DEFAULT_DEPTH_UNIT
+    """Unit batches of depth keys come out in: "mm" (LeRobot's default `depth_output_unit`) or "m".
+    Part of the fingerprint only for builds that have a depth key."""
+
     workers: int = field(default=1, compare=False)
     """Most decoding processes to use (a build uses at most one per two cores, and none for small
     builds: see `plan.worker_processes`). Does not change the output, so it is not part of the
@@ -179,6 +195,7 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_range", validate_range(self.image_range))
+        object.__setattr__(self, "depth_unit", validate_depth_unit(self.depth_unit))
         if self.keys is not None:
             if isinstance(self.keys, str):
                 raise TypeError("keys must be a sequence of strings, not one string")
@@ -210,6 +227,7 @@ class BuildOptions:
         workers: int | None = 1,
         crop: Mapping[str, Sequence[int] | str] | Sequence[str] | None = None,
         resize: Sequence[int] | str | None = None,
+        depth_unit: str = DEFAULT_DEPTH_UNIT,
     ) -> BuildOptions:
         """Build options from user-facing values: keys, episodes, crops and the resize may be
         given as CLI strings (`crop` as {key: (top, left, height, width)} or ["KEY=T,L,H,W", ...])."""
@@ -235,6 +253,7 @@ class BuildOptions:
             tolerance_s=float(tolerance_s),
             crop=tuple(crops.items()),
             resize=None if resize is None else parse_resize(resize),
+            depth_unit=depth_unit,
             workers=default_workers() if workers is None else workers,
         )
 

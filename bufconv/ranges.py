@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DOUBLE_NORMALIZED, RANGE_MISMATCH, RangeMismatchError
-from .options import validate_range
+from .errors import DOUBLE_NORMALIZED, RANGE_MISMATCH, RangeMismatchError, UnitMismatchError
+from .options import validate_depth_unit, validate_range
 from .pixelmap import PixelMap, check_mapped
 
 #: Values at or below this (and not all zero) are taken as "divided by 255 twice".
@@ -191,6 +191,7 @@ def guard_encoder(
     pixel_maps: Sequence[PixelMap] | None = None,
     names: Sequence[str] | None = None,
     where: str = "policy encoder",
+    depth_units: Mapping[str, str] | None = None,
 ) -> torch.utils.hooks.RemovableHandle:
     """Check the images reaching `module.forward` against `image_range` (a forward pre-hook).
 
@@ -209,6 +210,8 @@ def guard_encoder(
             not against a range. Cameras whose map is the range alone are checked as without maps.
         names: The cameras' keys, for messages (with `pixel_maps`).
         where: The path, for messages (with `pixel_maps`).
+        depth_units: Depth keys of observation dicts and the unit each is declared in ("mm" or
+            "m"): those entries are checked with `check_unit`, not against the image range.
 
     Returns:
         The hook handle; `.remove()` it to stop checking.
@@ -218,6 +221,9 @@ def guard_encoder(
     """
     validate_range(image_range)
     wanted = None if keys is None else set(keys)
+    units = dict(depth_units or {})
+    if wanted is not None:
+        wanted |= set(units)
     calls = [0]
     maps = list(pixel_maps) if pixel_maps else None
     labels = list(names) if names else None
@@ -243,13 +249,17 @@ def guard_encoder(
             return
         for i, arg in enumerate(args):
             for name, tensor in _tensors_to_check(arg, wanted, f"{type(_module).__name__} input {i}"):
-                if plain:
+                if name in units:
+                    check_unit(tensor, units[name], name=name)
+                elif plain:
                     check_range(tensor, image_range, name=name)
                 else:
                     check_mapped_batch(tensor, name)
         for key, arg in kwargs.items():
             for name, tensor in _tensors_to_check(arg, wanted, key):
-                if plain:
+                if name in units:
+                    check_unit(tensor, units[name], name=name)
+                elif plain:
                     check_range(tensor, image_range, name=name)
                 else:
                     check_mapped_batch(tensor, name)
@@ -316,3 +326,96 @@ def _nested_to_torch(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value)
     return value
+
+
+# ---- the unit contract of depth keys (SPEC section 15) ----------------------------------------
+
+#: Depth beyond this many metres is implausible for a robot's camera, and below this many
+#: millimetres everywhere in a frame as well: the line between the two units.
+UNIT_SPLIT = 20.0
+MM_PER_METRE = 1000.0
+
+_UNIT_MESSAGE = "{key}: declared unit {unit} but the depth values span [{lo:.6g}, {hi:.6g}]: {diagnosis}"
+_FIX_M_IN_MM = (
+    "these look like metres (nothing beyond {split:g}); build the buffer with --depth-unit m, or convert "
+    "them with bufconv.to_unit(x, 'm', 'mm') before they enter"
+)
+_FIX_MM_IN_M = (
+    "these look like millimetres (values beyond {split:g}); build the buffer with --depth-unit mm, or "
+    "convert them with bufconv.to_unit(x, 'mm', 'm') before they enter"
+)
+_FIX_NEGATIVE_DEPTH = "negative values: depth is a distance; these are normalised or not depth at all"
+
+
+def unit_problem(x: torch.Tensor, unit: str, *, name: str = "depth") -> UnitMismatchError | None:
+    """The unit problem of depth `x` against `unit` ("mm" or "m"), or None if it fits (the bool
+    half of `check_unit`).
+
+    Non-finite values are left out (simulators mark "no return" with inf); a frame that is all
+    zero (no return anywhere) or all non-finite is ambiguous and accepted.
+    """
+    unit = validate_depth_unit(unit)
+    if x.numel() == 0:
+        return None
+    values = x.detach()
+    if values.is_floating_point():
+        finite = values[torch.isfinite(values)]
+        if finite.numel() == 0:
+            return None
+        lo_t, hi_t = torch.aminmax(finite)
+    else:
+        lo_t, hi_t = torch.aminmax(values.to(torch.int64))
+    return depth_span_problem(float(lo_t), float(hi_t), unit, name=name)
+
+
+def depth_span_problem(lo: float, hi: float, unit: str, *, name: str = "depth") -> UnitMismatchError | None:
+    """The unit problem of depth values spanning [lo, hi] (`unit_problem` once min and max are known)."""
+    if lo == 0.0 and hi == 0.0:
+        return None
+    if lo < 0.0:
+        diagnosis = _FIX_NEGATIVE_DEPTH
+    elif unit == "mm" and hi <= UNIT_SPLIT:
+        diagnosis = _FIX_M_IN_MM.format(split=UNIT_SPLIT)
+    elif unit == "m" and hi > UNIT_SPLIT:
+        diagnosis = _FIX_MM_IN_M.format(split=UNIT_SPLIT)
+    else:
+        return None
+    return UnitMismatchError(
+        _UNIT_MESSAGE.format(key=name, unit=unit, lo=lo, hi=hi, diagnosis=diagnosis),
+        key=name,
+        unit=unit,
+        found_min=lo,
+        found_max=hi,
+    )
+
+
+def check_unit(x: torch.Tensor, unit: str, *, name: str = "depth") -> None:
+    """Raise `UnitMismatchError` unless `x` holds depth in `unit`.
+
+    Metres where millimetres are declared (values that never exceed ~20) and millimetres where
+    metres are declared (values above ~20) are refused, as are negative values.
+
+    Args:
+        x: Depth, float or integer, any shape.
+        unit: "mm" or "m".
+        name: The key, for the message.
+
+    Raises:
+        UnitMismatchError: naming the key, the declared unit, the observed span and the fix.
+    """
+    problem = unit_problem(x, unit, name=name)
+    if problem is not None:
+        raise problem
+
+
+def to_unit(x: torch.Tensor, src: str, dst: str) -> torch.Tensor:
+    """Convert depth from unit `src` to unit `dst` ("mm" or "m"); returns float32.
+
+    The arithmetic is LeRobot's (`x * 1000` from metres, `x / 1000` from millimetres, in float32),
+    so a converted frame equals what LeRobot's reader gives for `depth_output_unit=dst`.
+    """
+    src, dst = validate_depth_unit(src), validate_depth_unit(dst)
+    y = x.to(torch.float32)
+    if src == dst:
+        return y if y is not x else y.clone()
+    return y * MM_PER_METRE if dst == "mm" else y / MM_PER_METRE

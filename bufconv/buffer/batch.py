@@ -2,19 +2,23 @@
 
 Rows arrive as uint8 images and numeric columns on the storage device. They move to the
 target device, get the DrQ shift there (on uint8: replicate padding and cropping commute with
-the conversion) and are converted to the declared range last.
+the conversion) and are converted to the declared range last. Depth keys (SPEC section 15)
+arrive as stored (int16 codes or millimetres) or as float32 depth in the buffer's unit; they get
+the DrQ shift of their camera's RGB key (the same offsets: an RGB-D pair stays aligned) and are
+converted to float32 in their unit last, with LeRobot's arithmetic (`source.depth.DepthDecoder`).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..ranges import from_uint8
+from ..source.depth import DepthDecoder
 from .drq import draw_shifts, random_shift
 from .recycle import OutputPool
 
@@ -25,7 +29,8 @@ else:  # pragma: no cover - Python 3.10
 
 Rows = dict[str, torch.Tensor]
 """Raw rows of a batch: "state/<key>", "next_state/<key>", "action", "reward", "done",
-"truncated", "complementary_info/<name>"; images uint8 (B, C, H, W)."""
+"truncated", "complementary_info/<name>"; images uint8 (B, C, H, W); depth keys as stored
+(int16 (B, 1, H, W), decoded here) or float32 (B, 1, H, W) already in the buffer's unit."""
 
 
 class BatchTransition(TypedDict):
@@ -51,6 +56,9 @@ class Batcher:
         image_augmentation_function: Replaces the built-in DrQ shift (applied to float images).
         recycle_outputs: On a CPU device, build float batches in memory recycled from batches
             the caller has dropped (5x cheaper than fresh pages; a batch still held is never reused).
+        depth: Per depth key among `state_keys`, its decoder (from the cache header). Depth keys
+            come out float32 (B, 1, H, W) in their unit whatever `image_dtype` asks for; a custom
+            `image_augmentation_function` is not applied to them (it is written for pixels).
     """
 
     def __init__(
@@ -61,9 +69,13 @@ class Batcher:
         device: torch.device,
         image_augmentation_function: Callable[[torch.Tensor], torch.Tensor] | None = None,
         recycle_outputs: bool = True,
+        depth: Mapping[str, DepthDecoder] | None = None,
     ) -> None:
         self.state_keys = list(state_keys)
         self.image_keys = list(image_keys)
+        self.depth = dict(depth or {})
+        #: The RGB key whose DrQ offsets each depth key shares (None: offsets of its own).
+        self.partners = {key: rgb_partner(key, self.image_keys) for key in self.depth}
         self.image_range = image_range
         self.device = device
         self.image_augmentation_function = image_augmentation_function
@@ -92,6 +104,15 @@ class Batcher:
                 key: (draw_shifts(count, generator, self.device), draw_shifts(count, generator, self.device))
                 for key in self.image_keys
             }
+            for key, partner in self.partners.items():  # after the cameras': their draws stay as they were
+                shifts[key] = (
+                    shifts[partner]
+                    if partner is not None
+                    else (
+                        draw_shifts(count, generator, self.device),
+                        draw_shifts(count, generator, self.device),
+                    )
+                )
         state: dict[str, torch.Tensor] = {}
         next_state: dict[str, torch.Tensor] = {}
         for key in self.state_keys:
@@ -110,6 +131,11 @@ class Batcher:
                 if augment and self.image_augmentation_function is not None:
                     current = self.image_augmentation_function(current)
                     following = self.image_augmentation_function(following)
+            elif key in self.depth:  # stored values until here; shifted as stored, converted last
+                if builtin:
+                    current = random_shift(current, shifts[key][0])
+                    following = random_shift(following, shifts[key][1])
+                current, following = self.to_depth(key, current), self.to_depth(key, following)
             else:
                 current, following = current.to(torch.float32), following.to(torch.float32)
             state[key], next_state[key] = current, following
@@ -131,6 +157,10 @@ class Batcher:
             ),
         )
 
+    def to_depth(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """Depth rows as float32 in their unit: float32 rows already are (see `Rows`), stored ones are decoded."""
+        return rows if rows.dtype == torch.float32 else self.depth[key](rows)
+
     def _output(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """Recycled memory for a CPU float32 image batch (None: let the conversion allocate)."""
         if self.pool is None or dtype != torch.float32 or images.device.type != "cpu":
@@ -140,6 +170,15 @@ class Batcher:
     def _empty(self, images: torch.Tensor) -> Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None:
         """The allocator for DrQ's uint8 intermediates on the CPU (recycled), or None (torch's)."""
         return self.pool.empty if self.pool is not None and images.device.type == "cpu" else None
+
+
+def rgb_partner(depth_key: str, image_keys: Sequence[str]) -> str | None:
+    """The RGB key of the camera a depth key belongs to, by LeRobot's naming (`<cam>_depth` beside
+    `<cam>`), or None."""
+    for suffix in ("_depth", ".depth"):
+        if depth_key.endswith(suffix) and depth_key[: -len(suffix)] in image_keys:
+            return depth_key[: -len(suffix)]
+    return None
 
 
 def take_rows(tensor: torch.Tensor, rows: torch.Tensor, pool: OutputPool | None = None) -> torch.Tensor:

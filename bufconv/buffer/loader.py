@@ -38,6 +38,7 @@ def load_or_build(
     lock_timeout: float | None = None,
     crop: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     resize: Sequence[int] | str | None = None,
+    depth_unit: str = "mm",
     shards: int | str | None = None,
     ray: str | None = None,
     verify_payload: bool = True,
@@ -79,7 +80,10 @@ def load_or_build(
         lock_timeout: Give up waiting for another builder after this many seconds (None: wait).
         crop: Per image key, (top, left, height, width) cropped from its frames at build time
             (LeRobot's `crop_params_dict`).
-        resize: (height, width) all image keys are resized to after the crop (LeRobot's `resize_size`).
+        resize: (height, width) all image keys are resized to after the crop (LeRobot's `resize_size`);
+            depth keys by nearest neighbour.
+        depth_unit: "mm" (LeRobot's default `depth_output_unit`) or "m": the unit depth keys'
+            batches come out in (SPEC section 15).
         shards: Build a sharded folder of this many shards, or "auto" (None: the folder's own count).
         ray: Build the shards as Ray tasks on the cluster at this address ("local": `ray.init()`'s).
         verify_payload: Recompute the tensor checksums of a fresh cache (reads every byte: a few
@@ -92,7 +96,7 @@ def load_or_build(
     """
     options = BuildOptions.create(
         image_range=image_range, keys=state_keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
-        crop=crop, resize=resize,
+        crop=crop, resize=resize, depth_unit=depth_unit,
     )  # fmt: skip
     if _sharded(dataset, cache_path, shards, ray):
         return _load_or_build_sharded(

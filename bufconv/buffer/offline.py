@@ -26,6 +26,7 @@ import torch
 from ..cache.reader import CacheFile
 from ..cache.sharded import ShardedCache
 from ..errors import BufconvError
+from ..source.depth import DepthDecoder
 from .batch import Batcher, BatchTransition, positions, random_generator
 from .columns import CacheColumns, Columns, ShardColumns
 from .commits import DEFAULT_COMMIT_INTERVAL_S, Commits
@@ -67,7 +68,9 @@ class OfflineBuffer:
         stale_reasons: Why the cache was rebuilt (empty otherwise).
         image_range: 1 or 255: the range image batches come out in.
         state_keys: Keys of `state`/`next_state`.
-        image_keys: The image subset of `state_keys`.
+        image_keys: The image subset of `state_keys` (uint8 pixels with a declared range).
+        depth_keys: The depth subset of `state_keys` (SPEC section 15): float32 (B, 1, H, W) in
+            `depth_units[key]` ("mm" or "m").
         lost: Added transitions dropped when resuming from `added_path` (see `OnlineBuffer.lost`).
     """
 
@@ -106,6 +109,10 @@ class OfflineBuffer:
             )
         self.image_range: int = next(iter(ranges.values()), 1)
         self.ranges = ranges
+        depth = meta.get("depth") or {}
+        self.depth_keys: list[str] = list(meta["keys"].get("depth", []))
+        self.depth_units: dict[str, str] = {k: depth[k]["unit"] for k in self.depth_keys}
+        self._depth = {k: DepthDecoder(depth[k]) for k in self.depth_keys}
         self._complementary = {
             k[len(_COMPLEMENTARY) :]: k for k in meta["keys"].get("complementary_info", [])
         }
@@ -135,6 +142,7 @@ class OfflineBuffer:
             self.device,
             image_augmentation_function,
             recycle_outputs,
+            self._depth,
         )
         self._store = TransitionStore(capacity, self._added_schema(), self.storage_device)
         self._rows = RowMaker(self.state_keys, self.image_range)
@@ -148,7 +156,8 @@ class OfflineBuffer:
             weakref.finalize(self, self.commits.close)  # the last commit at garbage collection or exit
 
     def _added_schema(self) -> Schema:
-        """Added transitions are stored like the dataset's rows: images uint8, the rest float32."""
+        """Added transitions are stored like the dataset's rows: images uint8, the rest float32
+        (depth keys too: float32 in the buffer's unit, as a batch delivers them)."""
 
         def column(name: str, dtype: str | None = None) -> Column:
             stored, shape = self._data.spec(name)
@@ -291,6 +300,8 @@ class OfflineBuffer:
                 key = name[len("state/") :]
                 following = _unsort(self._data.take(name, next_rows, pool), order)
                 if any_added:
+                    if key in self._depth:  # the dataset's stored depth decoded first: added rows are float32
+                        part, following = self._depth[key](part), self._depth[key](following)
                     following = _merge(following, added[f"next_state/{key}"].to(following.dtype), from_store)
                 out[f"next_state/{key}"] = following
             if any_added:

@@ -1,7 +1,7 @@
 """The fingerprint: a hash over everything that gives a cache its meaning, with its inputs kept.
 
 Inputs (recorded in the cache header next to the hash, so a mismatch can say what changed):
-the format version; the converter version (`CONVERTER_VERSION`); the options (output range per image key, state keys, episodes,
+the format version; the converter version (`CONVERTER_VERSION`); the options (output range per image key, depth unit per depth key, state keys, episodes,
 `tolerance_s`, and the crop and resize when the build has them); and the source dataset's identity: its codebase version and, for each metadata,
 data and video file the build read, the size and xxh3-128 digest of its content.
 
@@ -64,10 +64,11 @@ def option_inputs(options: BuildOptions, selection: Selection) -> dict[str, Any]
     """The options part of the fingerprint inputs (resolved against the dataset).
 
     `crop` and `resize` appear only when set, so a cache from before they existed hashes as
-    one without them: it is stale only for a request that asks for one.
+    one without them: it is stale only for a request that asks for one. `depth_units` (the
+    unit of each depth key, SPEC section 15) appears only in builds that have a depth key.
     """
     inputs: dict[str, Any] = {
-        "ranges": {key: options.image_range for key in selection.image_keys},
+        "ranges": {key: options.image_range for key in selection.rgb_keys},
         "state_keys": sorted(selection.state_keys),
         "episodes": format_episodes(selection.episodes),
         "tolerance_s": options.tolerance_s,
@@ -76,6 +77,8 @@ def option_inputs(options: BuildOptions, selection: Selection) -> dict[str, Any]
         inputs["crop"] = {key: list(crop) for key, crop in options.crop}
     if options.resize is not None:
         inputs["resize"] = list(options.resize)
+    if selection.depth_keys:
+        inputs["depth_units"] = {key: options.depth_unit for key in selection.depth_keys}
     return inputs
 
 
@@ -164,6 +167,10 @@ def explain(cached: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str
     for key in sorted(set(old_ranges) | set(new_ranges)):
         if key in old_ranges and key in new_ranges and old_ranges[key] != new_ranges[key]:
             reasons.append(f"range of {key}: cache {old_ranges[key]}, requested {new_ranges[key]}")
+    old_units, new_units = old_opts.get("depth_units") or {}, new_opts.get("depth_units") or {}
+    for key in sorted(set(old_units) & set(new_units)):
+        if old_units[key] != new_units[key]:
+            reasons.append(f"depth unit of {key}: cache {old_units[key]}, requested {new_units[key]}")
     if old_opts.get("state_keys") != new_opts.get("state_keys"):
         reasons.append(
             f"keys: cache {','.join(old_opts.get('state_keys', []))}, requested {','.join(new_opts.get('state_keys', []))}"

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import errors as E
 from ..errors import InvalidCacheError, Problem
+from ..source.depth import check_entry as check_depth_entry
 from .archive import STORAGE_TYPES, ArchiveError, Layout, read_layout
 from .checksum import CHECKSUM, INTEGRITY_PREFIX, checksum_spans
 from .sink import NUMPY_DTYPES
@@ -268,6 +269,15 @@ def check_consistency(
             return f"image {key!r} has no valid range declaration ({r!r})"
     if set(meta["ranges"]) != set(keys.get("images", [])):
         return "range declarations do not match the image keys"
+    depth = meta.get("depth") or {}
+    if set(depth) != set(keys.get("depth", [])):
+        return "depth declarations do not match the depth keys"
+    for key in keys.get("depth", []):
+        if key not in tensors:
+            return f"the header names depth key {key!r} but there is no such tensor"
+        problem = check_depth_entry(key, depth[key], *tensors[key])
+        if problem:
+            return problem
     start = 0
     for row in meta["episodes"]:
         if row.get("start") != start or not isinstance(row.get("length"), int) or row["length"] < 1:

@@ -163,6 +163,7 @@ class ShardedCache:
             "frames": m["frames"],
             "keys": m["keys"],
             "ranges": m["ranges"],
+            **({"depth": m["depth"]} if "depth" in m else {}),
             "tensors": m["tensors"],
             "fingerprint": m["fingerprint"],
             "source": {**first, "datasets": m["datasets"]},

@@ -32,6 +32,7 @@ def build(
     progress: Progress | bool | None = None,
     crop: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     resize: Sequence[int] | str | None = None,
+    depth_unit: str = "mm",
     shards: int | str | None = None,
     ray: str | None = None,
 ) -> BuildResult:
@@ -53,7 +54,10 @@ def build(
         crop: Per image key, (top, left, height, width) to crop from its frames (LeRobot's
             `crop_params_dict`; or CLI strings "KEY=TOP,LEFT,HEIGHT,WIDTH").
         resize: (height, width) every image key is resized to after its crop (LeRobot's
-            `resize_size`): values equal LeRobot's `ImageCropResizeProcessorStep` up to uint8 rounding.
+            `resize_size`): values equal LeRobot's `ImageCropResizeProcessorStep` up to uint8 rounding;
+            depth keys are resized by nearest neighbour (every value one of its frame's).
+        depth_unit: "mm" (LeRobot's default `depth_output_unit`) or "m": the unit depth keys are
+            delivered in (recorded per key in the header and the fingerprint).
         shards: A shard count, or "auto" (shards of about 1 GiB of pixels); None: one file, unless
             `output` is already a sharded folder (then its count is kept).
         ray: Build the shards as Ray tasks on the cluster at this address ("local": the cluster
@@ -67,7 +71,7 @@ def build(
     """
     options = BuildOptions.create(
         image_range=image_range, keys=keys, episodes=episodes, tolerance_s=tolerance_s, workers=workers,
-        crop=crop, resize=resize,
+        crop=crop, resize=resize, depth_unit=depth_unit,
     )  # fmt: skip
     if (
         not isinstance(dataset, (str, os.PathLike))

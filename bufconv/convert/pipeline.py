@@ -37,7 +37,7 @@ from ..errors import CacheError, DatasetError, StaleCacheError, unwritable_folde
 from ..source.actions import action_facts
 from ..source.dataset import ACTION_KEY, DONE_KEY, REWARD_KEY, Selection, SourceDataset
 from ..version import __version__
-from .plan import plan_units, stored_chw, worker_processes
+from .plan import plan_units, stored_chw, stored_dtype, worker_processes
 from .units import run_here, run_unit
 from .workers import WorkerPool
 
@@ -66,10 +66,12 @@ class BuildResult:
     seconds: float
     file_bytes: int
     payload_bytes: int
-    """uint8 bytes of all image tensors."""
+    """Bytes of all image tensors (uint8 pixels, and depth keys' int16/float32 values)."""
     ranges: dict[str, int]
     fingerprint: str
     reasons: list[str] = field(default_factory=list)
+    depth_units: dict[str, str] = field(default_factory=dict)
+    """Per depth key, the unit its batches come out in ("mm" or "m")."""
     cache: CacheFile | None = field(default=None, repr=False, compare=False)
     """The cache this result describes, opened (what `load_or_build` serves)."""
 
@@ -89,6 +91,7 @@ class BuildResult:
             "file_bytes": self.file_bytes,
             "payload_bytes": self.payload_bytes,
             "ranges": {key: {"storage": "uint8", "output": value} for key, value in self.ranges.items()},
+            **({"depth_units": dict(self.depth_units)} if self.depth_units else {}),
             "fingerprint": self.fingerprint,
         }
 
@@ -257,7 +260,7 @@ def _result(
 ) -> BuildResult:
     assert cache is not None
     meta = cache.meta
-    payload = sum(math.prod(meta["tensors"][k]["shape"]) for k in meta["keys"]["images"])
+    payload = payload_bytes(meta)
     return BuildResult(
         path=path,
         status=status,
@@ -269,7 +272,19 @@ def _result(
         ranges={k: v["output"] for k, v in meta["ranges"].items()},
         fingerprint=meta["fingerprint"],
         reasons=state.reasons if status == "rebuilt" else [],
+        depth_units={k: v["unit"] for k, v in (meta.get("depth") or {}).items()},
         cache=cache,
+    )
+
+
+_ITEMSIZE = {"uint8": 1, "int16": 2, "float32": 4}
+
+
+def payload_bytes(meta: Any) -> int:
+    """Bytes of a header's image tensors: uint8 pixels, and depth keys' stored values."""
+    keys = [*meta["keys"]["images"], *meta["keys"].get("depth", [])]
+    return sum(
+        math.prod(meta["tensors"][k]["shape"]) * _ITEMSIZE.get(meta["tensors"][k]["dtype"], 1) for k in keys
     )
 
 
@@ -321,7 +336,10 @@ def _write_with(
     frames = int(sum(lengths))
     derived = _transitions(columns, sel, starts, lengths, source, frames)
 
-    specs = [TensorSpec(k, torch.uint8, (frames, *stored_chw(source, k, options))) for k in sel.image_keys]
+    specs = [
+        TensorSpec(k, getattr(torch, stored_dtype(source, k)), (frames, *stored_chw(source, k, options)))
+        for k in sel.image_keys
+    ]
     stored: dict[str, np.ndarray] = {
         k: columns[k] for k in [*sel.numeric_keys, ACTION_KEY, *sel.complementary_keys]
     }
@@ -345,11 +363,22 @@ def _write_with(
         },
         "keys": {
             "state": list(sel.state_keys),
-            "images": list(sel.image_keys),
+            "images": list(sel.rgb_keys),
             "action": ACTION_KEY,
             "complementary_info": list(sel.complementary_keys),
+            **({"depth": list(sel.depth_keys)} if sel.depth_keys else {}),
         },
-        "ranges": {k: {"storage": "uint8", "output": options.image_range} for k in sel.image_keys},
+        "ranges": {k: {"storage": "uint8", "output": options.image_range} for k in sel.rgb_keys},
+        # Present only with depth keys: caches without them keep the header they always had.
+        **(
+            {
+                "depth": {
+                    k: source.features[k].depth_storage().entry(options.depth_unit) for k in sel.depth_keys
+                }
+            }
+            if sel.depth_keys
+            else {}
+        ),
         "crop": {k: list(c) for k, c in options.crop},
         "resize": None if options.resize is None else list(options.resize),
         "actions": action_facts(columns[ACTION_KEY], source.features[ACTION_KEY].names),

@@ -55,15 +55,25 @@ def decoder_threads(pixels: int, parallel: bool) -> int:
 
 def frame_chw(source: SourceDataset, key: str) -> tuple[int, int, int]:
     """(channels, height, width) of an image key's frames as decoded."""
-    height, width, channels = source.features[key].image_hwc()
-    if source.features[key].dtype == "video":
+    feature = source.features[key]
+    height, width, channels = feature.image_hwc()
+    if feature.is_depth:
+        channels = 1  # one distance a pixel (SPEC section 15)
+    elif feature.dtype == "video":
         channels = 3  # decoded as rgb24, as LeRobot's PyAV backend does
     return (channels, height, width)
 
 
+def stored_dtype(source: SourceDataset, key: str) -> str:
+    """The dtype name an image key's tensor is stored in: uint8 pixels, or a depth key's (`source.depth`)."""
+    feature = source.features[key]
+    return feature.depth_storage().dtype if feature.is_depth else "uint8"
+
+
 def transform_of(source: SourceDataset, key: str, options: BuildOptions) -> FrameTransform | None:
-    """The crop and resize `options` ask for on `key`'s frames (None: stored as decoded)."""
-    return frame_transform(key, frame_chw(source, key)[1:], options)
+    """The crop and resize `options` ask for on `key`'s frames (None: stored as decoded); a depth
+    key's resize is nearest-neighbour."""
+    return frame_transform(key, frame_chw(source, key)[1:], options, nearest=source.features[key].is_depth)
 
 
 def stored_chw(source: SourceDataset, key: str, options: BuildOptions) -> tuple[int, int, int]:
@@ -101,7 +111,9 @@ def plan_units(
         transform = transform_of(source, key, options)
         _, height, width = frame_chw(source, key)
         threads = decoder_threads(height * width, parallel=processes > 0)
-        if source.features[key].dtype == "image":
+        feature = source.features[key]
+        storage = feature.depth_storage() if feature.is_depth else None
+        if feature.dtype == "image":
             groups: dict[str, list[tuple[int, int]]] = {}
             for e, start in zip(sel.episodes, starts, strict=True):
                 groups.setdefault(source.episodes[e].data_path, []).append((e, int(start)))
@@ -114,6 +126,8 @@ def plan_units(
                         tuple(s for _, s in members),
                         destination,
                         transform,
+                        storage,
+                        options.depth_unit,
                     )
                 )
             continue
@@ -137,6 +151,7 @@ def plan_units(
                         options.tolerance_s,
                         threads,
                         transform,
+                        storage is not None,
                     )
                 )
     units.sort(key=lambda u: -u.frames)

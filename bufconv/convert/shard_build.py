@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import multiprocessing
 import os
 import socket
@@ -29,7 +28,7 @@ from ..cache.sharded import ShardedCache, is_sharded_folder, read_manifest, stra
 from ..errors import BufconvError, CacheError, DatasetError, InvalidCacheError, StaleCacheError
 from ..options import BuildOptions, default_workers
 from ..source.dataset import SourceDataset
-from .pipeline import BuildResult, ensure
+from .pipeline import BuildResult, ensure, payload_bytes
 from .plan import CORES_PER_PROCESS
 from .shard_folder import build_manifest, folder_path, make_folder, same_shards, shard_digest
 from .shard_plan import ShardPlan, Shards, check_agree, plan_shards
@@ -264,7 +263,7 @@ def _result(
     *,
     verify_payload: bool,
 ) -> ShardedBuildResult:
-    payload = sum(math.prod(manifest["tensors"][k]["shape"]) for k in manifest["keys"]["images"])
+    payload = payload_bytes(manifest)
     return ShardedBuildResult(
         path=path,
         status=status,

@@ -146,6 +146,7 @@ def build_manifest(
         "episodes": sum(len(s.episodes) for s in plan),
         "keys": first_meta["keys"],
         "ranges": first_meta["ranges"],
+        **({"depth": first_meta["depth"]} if "depth" in first_meta else {}),
         "tensors": {
             name: {"dtype": t["dtype"], "shape": [row, *t["shape"][1:]]}
             for name, t in first_meta["tensors"].items()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..cache.sink import RowSink, Target
 from ..errors import DecodeError
+from ..source.depth import DepthStorage, decode_depth_image
 from ..source.transform import FrameTransform
 from ..source.video import FrameJob, decode_image, decode_video
 
@@ -36,6 +37,8 @@ class VideoUnit:
     threads: int = 0
     transform: FrameTransform | None = None
     """The build's crop and resize of this camera, applied on the sink's writer thread."""
+    depth: bool = False
+    """A depth video: its frames are stored as int16 12-bit codes (`source.depth`)."""
 
     @property
     def frames(self) -> int:
@@ -56,6 +59,10 @@ class ImageUnit:
     starts: tuple[int, ...]
     target: Target
     transform: FrameTransform | None = None
+    depth: DepthStorage | None = None
+    """A depth feature's storage: its TIFF frames are stored as that (`source.depth`)."""
+    depth_unit: str = "mm"
+    """The build's depth unit (float TIFFs are stored converted to it)."""
 
     @property
     def frames(self) -> int:
@@ -85,7 +92,7 @@ def run_unit(unit: Unit, on_episode: OnEpisode | None = None, sink: RowSink | No
     if isinstance(unit, VideoUnit):
         return decode_video(
             unit.path, unit.jobs, sink, tolerance_s=unit.tolerance_s, key=unit.key,
-            threads=unit.threads, on_episode=on_episode,
+            threads=unit.threads, on_episode=on_episode, depth=unit.depth,
         )  # fmt: skip
     return _decode_images(unit, sink, on_episode)
 
@@ -99,7 +106,11 @@ def _decode_images(unit: ImageUnit, sink: RowSink, on_episode: OnEpisode | None)
             f"{unit.source.root / unit.source.episodes[episode].data_path} ({unit.key}, episode {episode})"
         )
         for i, data in enumerate(payloads):
-            hwc = decode_image(data, where=f"{where}, frame {i}")
+            hwc = (
+                decode_image(data, where=f"{where}, frame {i}")
+                if unit.depth is None
+                else decode_depth_image(data, unit.depth, where=f"{where}, frame {i}", unit=unit.depth_unit)
+            )
             if hwc.shape != (expected[1], expected[2], expected[0]):
                 raise DecodeError(
                     f"{where}: frame {i} is {hwc.shape[0]}x{hwc.shape[1]} with {hwc.shape[2]} channels but "

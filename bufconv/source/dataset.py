@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DatasetError
 from ..options import BuildOptions, format_episodes
+from .depth import DepthStorage, depth_storage, is_depth
 from .transform import check_crops
 
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
@@ -61,6 +62,15 @@ class Feature:
     def is_visual(self) -> bool:
         return self.dtype in ("video", "image")
 
+    @property
+    def is_depth(self) -> bool:
+        """A depth map (`info.is_depth_map`, SPEC section 15): stored as depth, not as RGB pixels."""
+        return self.is_visual and is_depth(self.info)
+
+    def depth_storage(self) -> DepthStorage:
+        """How this depth feature is stored in a cache (raises DatasetError if its info is incomplete)."""
+        return depth_storage(self.name, self.dtype, self.info)
+
     def image_hwc(self) -> tuple[int, int, int]:
         """(height, width, channels) of an image/video feature, whatever order info.json uses."""
         shape = self.shape
@@ -96,10 +106,17 @@ class Selection:
     state_keys: tuple[str, ...]
     """Observation features that make up `state` (images included), in info.json order."""
     image_keys: tuple[str, ...]
-    """The visual subset of `state_keys` (video or image features)."""
+    """The visual subset of `state_keys` (video or image features), depth maps included."""
     complementary_keys: tuple[str, ...]
     episodes: tuple[int, ...]
     has_done: bool
+    depth_keys: tuple[str, ...] = ()
+    """The depth maps among `image_keys` (SPEC section 15)."""
+
+    @property
+    def rgb_keys(self) -> tuple[str, ...]:
+        """The image keys stored as uint8 pixels with a declared range (all but the depth keys)."""
+        return tuple(k for k in self.image_keys if k not in self.depth_keys)
 
     @property
     def numeric_keys(self) -> tuple[str, ...]:
@@ -190,11 +207,11 @@ class SourceDataset:
                 )
         for key in keys:
             feature = self.features[key]
-            if feature.dtype == "video" and (feature.info or {}).get("is_depth_map"):
-                raise DatasetError(
-                    f"{self.root}: {key!r} is a depth-map video; bufconv stores RGB cameras only. Leave it out with --keys",
-                    path=self.root / INFO_PATH,
-                )
+            if feature.is_depth:
+                try:
+                    feature.depth_storage()
+                except DatasetError as error:
+                    raise DatasetError(f"{self.root}: {error.message}", path=self.root / INFO_PATH) from None
             if feature.dtype in ("string",) or (
                 feature.dtype not in ("video", "image") and not _is_numeric(feature.dtype)
             ):
@@ -250,6 +267,7 @@ class SourceDataset:
             ),
             episodes=episodes,
             has_done=DONE_KEY in self.features,
+            depth_keys=tuple(k for k in image_keys if self.features[k].is_depth),
         )
 
     def content_files(self, selection: Selection) -> list[str]:

@@ -42,6 +42,10 @@ class FrameTransform:
     """(top, left, height, width), inside the frame."""
     resize: tuple[int, int] | None = None
     """(height, width) after the crop."""
+    nearest: bool = False
+    """Resize by nearest neighbour (`interpolate(mode="nearest-exact")`): depth keys, whose every
+    output value must be a value of its frame (a blend of two depths across an edge is a depth
+    that was never there). Works on any dtype (int16 codes, float32 depth)."""
 
     @property
     def output_hw(self) -> tuple[int, int]:
@@ -52,7 +56,8 @@ class FrameTransform:
         return self.source_hw
 
     def apply(self, frames: np.ndarray, out: np.ndarray) -> None:
-        """Write the transformed `frames` (uint8 (n, C, H, W)) into `out` (uint8 (n, C, h, w))."""
+        """Write the transformed `frames` (n, C, H, W) into `out` (n, C, h, w), both uint8, or of a
+        depth key's stored dtype with `nearest`."""
         import torch
         import torch.nn.functional as F
 
@@ -72,6 +77,12 @@ class FrameTransform:
         if threads != 1:
             torch.set_num_threads(1)
         try:
+            if self.nearest:
+                # On float32 copies of the values (int16 codes are exact in float32); picking one
+                # source pixel per output pixel, so the cast back is exact too.
+                picked = F.interpolate(x.float(), size=self.resize, mode="nearest-exact")
+                target.copy_(picked)
+                return
             resized = F.interpolate(
                 x.float(), size=self.resize, mode="bilinear", align_corners=False, antialias=True
             )
@@ -84,7 +95,9 @@ class FrameTransform:
                 torch.set_num_threads(threads)
 
 
-def frame_transform(key: str, source_hw: tuple[int, int], options: BuildOptions) -> FrameTransform | None:
+def frame_transform(
+    key: str, source_hw: tuple[int, int], options: BuildOptions, *, nearest: bool = False
+) -> FrameTransform | None:
     """The transform `options` ask for on image key `key`, or None if its frames are kept as decoded.
 
     Raises:
@@ -104,7 +117,7 @@ def frame_transform(key: str, source_hw: tuple[int, int], options: BuildOptions)
                     last_row=height - 1, last_col=width - 1,
                 )
             )  # fmt: skip
-    return FrameTransform(source_hw, crop, resize)
+    return FrameTransform(source_hw, crop, resize, nearest)
 
 
 def check_crops(root: Path, frame_sizes: Mapping[str, tuple[int, int]], options: BuildOptions) -> None:

@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeError
+from .depth import depth_frame
 
 #: Seek instead of decoding through a gap longer than this (selected episodes far apart in a file).
 SEEK_GAP_S = 2.0
@@ -128,6 +129,7 @@ def decode_video(
     key: str = "",
     threads: int = 0,
     on_episode: Callable[[int, int], None] | None = None,
+    depth: bool = False,
 ) -> int:
     """Decode `path` once, front to back, writing the frames `jobs` ask for into `out`.
 
@@ -140,6 +142,8 @@ def decode_video(
         key: The feature name, for messages.
         threads: Decoder threads (0 lets FFmpeg choose).
         on_episode: Called with (episode, frames) after each job completes.
+        depth: A depth video (SPEC section 15): frames become int16 (1, H, W) 12-bit codes, as
+            LeRobot reads them (`to_ndarray("gray12le")`), instead of rgb24 pixels.
 
     Returns:
         The number of frames written.
@@ -170,14 +174,22 @@ def decode_video(
             if behind is not None and first - behind > SEEK_GAP_S:
                 frames.seek(first)
             started = True
-            written += _fill(frames, job, out, tolerance_s, path, key, height, width)
+            written += _fill(frames, job, out, tolerance_s, path, key, height, width, depth)
             if on_episode is not None:
                 on_episode(job.episode, len(job.rows))
     return written
 
 
 def _fill(
-    frames: _Frames, job: FrameJob, out: FrameSink, tol: float, path: Path, key: str, height: int, width: int
+    frames: _Frames,
+    job: FrameJob,
+    out: FrameSink,
+    tol: float,
+    path: Path,
+    key: str,
+    height: int,
+    width: int,
+    depth: bool = False,
 ) -> int:
     wanted: list[float] = job.timestamps.tolist()  # Python floats: numpy scalars are slow per frame
     rows: list[int] = job.rows.tolist()
@@ -219,7 +231,11 @@ def _fill(
             )
         # Exactly LeRobot's PyAV path, (H, W, 3) uint8, converted on the sink's writer thread
         # while this one decodes on.
-        pixels = functools.partial(frame.to_ndarray, format="rgb24")
+        pixels = (
+            functools.partial(depth_frame, frame)
+            if depth
+            else functools.partial(frame.to_ndarray, format="rgb24")
+        )
         # Several rows may want the same frame (duplicate timestamps): give it to all of them.
         while i < len(wanted) and abs(t - wanted[i]) < tol:
             out.put(rows[i], pixels)
