@@ -34,6 +34,9 @@ _EXPORTS = {
     "VerifyReport": "bufconv.cache.verification",
     "to_range": "bufconv.ranges",
     "check_range": "bufconv.ranges",
+    "to_unit": "bufconv.ranges",
+    "check_unit": "bufconv.ranges",
+    "unit_problem": "bufconv.ranges",
     "range_problem": "bufconv.ranges",
     "guard_encoder": "bufconv.ranges",
     "preprocess_observation": "bufconv.ranges",
@@ -47,6 +50,7 @@ _EXPORTS = {
     "StaleCacheError": "bufconv.errors",
     "LockTimeoutError": "bufconv.errors",
     "RangeMismatchError": "bufconv.errors",
+    "UnitMismatchError": "bufconv.errors",
     "ConfigError": "bufconv.errors",
     "ContractError": "bufconv.errors",
 }
@@ -69,6 +73,7 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
     "OnlineBuffer",
     "RangeMismatchError",
     "StaleCacheError",
+    "UnitMismatchError",
     "UnsupportedVersionError",
     "VerifyReport",
     "__version__",
@@ -76,6 +81,7 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
     "check",
     "check_or_raise",
     "check_range",
+    "check_unit",
     "guard_encoder",
     "load_or_build",
     "open_buffer",
@@ -83,6 +89,8 @@ __all__ = [  # literal, for type checkers and linters; tests check it matches _E
     "preprocess_observation",
     "range_problem",
     "to_range",
+    "to_unit",
+    "unit_problem",
     "verify",
     "verify_or_raise",
 ]
@@ -108,10 +116,20 @@ if TYPE_CHECKING:
         LockTimeoutError,
         RangeMismatchError,
         StaleCacheError,
+        UnitMismatchError,
         UnsupportedVersionError,
     )
     from .options import BuildOptions
-    from .ranges import check_range, guard_encoder, preprocess_observation, range_problem, to_range
+    from .ranges import (
+        check_range,
+        check_unit,
+        guard_encoder,
+        preprocess_observation,
+        range_problem,
+        to_range,
+        to_unit,
+        unit_problem,
+    )
     from .source.layouts import open_dataset
 
 

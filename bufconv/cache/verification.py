@@ -54,6 +54,8 @@ class VerifyReport:
     frames: int | None = None
     ranges: dict[str, int] = field(default_factory=dict)
     """Declared output range per image key (bufconv caches)."""
+    depth_units: dict[str, str] = field(default_factory=dict)
+    """Declared unit per depth key (bufconv caches with depth cameras, SPEC section 15)."""
     observed: list[ObservedRange] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
@@ -74,6 +76,7 @@ class VerifyReport:
             "frames": self.frames,
             # The header's shape, as `info --json` prints it: {key: {"storage": "uint8", "output": 1 | 255}}.
             "ranges": {key: {"storage": "uint8", "output": value} for key, value in self.ranges.items()},
+            **({"depth_units": dict(self.depth_units)} if self.depth_units else {}),
             "observed": [o.to_json() for o in self.observed],
             "checked": self.checked,
         }
@@ -137,6 +140,7 @@ def verify(
     report.format_version = 1
     report.frames = int(meta["frames"])
     report.ranges = {k: v["output"] for k, v in meta["ranges"].items()}
+    report.depth_units = {k: v["unit"] for k, v in (meta.get("depth") or {}).items()}
     _check_declared(report, image_range)
     if cache is not None:
         _check_pixels(cache, report)
@@ -246,10 +250,28 @@ def verify_or_raise(path: str | os.PathLike[str], **kwargs: Any) -> VerifyReport
     return report
 
 
+def _check_depth(cache: CacheFile, report: VerifyReport) -> None:
+    """Stored depth whose values contradict the declared unit (metres in a mm key, or the
+    reverse): `unit-mismatch`. One min/max pass over each depth tensor."""
+    from ..ranges import depth_span_problem
+    from ..source.depth import DepthDecoder
+
+    depth = cache.meta.get("depth") or {}
+    report.depth_units = {k: v["unit"] for k, v in depth.items()}
+    for key, entry in depth.items():
+        tensor = cache.tensors[key]
+        lo, hi = DepthDecoder(entry).span(tensor)
+        report.observed.append(ObservedRange(key, f"depth {entry['unit']}", list(tensor.shape), lo, hi))
+        problem = depth_span_problem(lo, hi, entry["unit"], name=key)
+        if problem is not None:
+            report.add(E.UNIT_MISMATCH, problem.message)
+
+
 def _check_pixels(cache: CacheFile, report: VerifyReport) -> None:
     """Stored frames whose pixels never exceed 1 were scaled to [0,1] before being stored as uint8."""
     import torch
 
+    _check_depth(cache, report)
     for key in cache.meta["keys"]["images"]:
         lo, hi = (int(v) for v in torch.aminmax(cache.tensors[key]))
         report.observed.append(
@@ -274,6 +296,7 @@ def _check_fresh(meta: dict[str, Any], dataset: str | os.PathLike[str], report: 
         # The declared range, not the expected one: a range difference is reported once, as range-mismatch.
         options = BuildOptions(
             image_range=declared,
+            depth_unit=next(iter((built.get("depth_units") or {}).values()), "mm"),
             keys=tuple(built["state_keys"]),
             episodes=parse_episodes(built["episodes"]),
             tolerance_s=built["tolerance_s"],

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..options import DEFAULT_TOLERANCE_S, parse_crop, parse_episodes, parse_keys, parse_resize
+from ..options import (
+    DEFAULT_DEPTH_UNIT,
+    DEFAULT_TOLERANCE_S,
+    DEPTH_UNITS,
+    parse_crop,
+    parse_episodes,
+    parse_keys,
+    parse_resize,
+)
 from .app import (
     RANGE,
     F,
@@ -39,6 +47,13 @@ def _selection_options(command: F) -> F:
                 default="1",
                 show_default=True,
                 help="Range image batches come out in: 1 = [0,1] (LeRobot), 255 = [0,255] (encoders that normalise themselves).",
+            ),
+            click.option(
+                "--depth-unit",
+                type=click.Choice(DEPTH_UNITS),
+                default=DEFAULT_DEPTH_UNIT,
+                show_default=True,
+                help="Unit depth cameras' batches come out in: mm (LeRobot's depth_output_unit default) or m.",
             ),
             click.option(
                 "--keys",
@@ -77,6 +92,29 @@ def _selection_options(command: F) -> F:
     return command
 
 
+def _has_depth(plan: BuildPlan) -> bool:
+    return any(c.depth is not None and c.selected for c in plan.cameras)
+
+
+def _unit_flag(plan: BuildPlan) -> str:
+    return f" --depth-unit {plan.depth_unit}" if _has_depth(plan) else ""
+
+
+def _depth_text(entry: dict[str, Any] | None) -> str:
+    """A depth camera's storage and unit, e.g. 'depth: 12-bit log codes (0.01-10 m) -> float32 mm'."""
+    if entry is None:
+        return "depth (its info is incomplete: see bufconv build)"
+    q = entry.get("quantization")
+    if entry["stored"] == "codes12" and q:
+        kind = "log" if q.get("use_log") else "linear"
+        stored = f"{q.get('bits', 12)}-bit {kind} codes ({q['depth_min']:g}-{q['depth_max']:g} m)"
+    elif entry["stored"] == "uint16":
+        stored = f"uint16 {entry['source_unit']}"
+    else:
+        stored = f"float32 {entry['source_unit']}"
+    return f"depth: {stored} -> float32 {entry['unit']}"
+
+
 def _print_plan(plan: BuildPlan) -> None:
     """The dataset and the cache a build would write (`inspect`, `build --dry-run`)."""
     where = plan.repo_id or "local"
@@ -88,6 +126,8 @@ def _print_plan(plan: BuildPlan) -> None:
     _echo("cameras:" if plan.cameras else "cameras: none")
     for cam in plan.cameras:
         codec = f"{cam.kind} {cam.codec}" if cam.codec else f"{cam.kind} (PNG/JPEG in parquet)"
+        if cam.depth is not None and not cam.codec:
+            codec = f"{cam.kind} (TIFF in parquet)"
         stored = f"{cam.stored[1]}x{cam.stored[2]}"
         note = (
             ""
@@ -97,15 +137,17 @@ def _print_plan(plan: BuildPlan) -> None:
             else f" -> stored {stored}"
         )
         left_out = "" if cam.selected else "  (not selected)"
+        depth = f", {_depth_text(cam.depth)}" if cam.depth is not None else ""
         _echo(
-            f"  {cam.key:<{width}}  {codec:<12} {cam.height}x{cam.width}{note}, {cam.frames:,} frames{left_out}"
+            f"  {cam.key:<{width}}  {codec:<12} {cam.height}x{cam.width}{note}, {cam.frames:,} frames{depth}{left_out}"
         )
     _echo("other keys:")
     for col in plan.columns:
         _echo(f"  {col.key:<{width}}  {col.dtype:<8} {list(col.shape)!s:<8} {col.role}")
     _echo(
         f"a build of episodes {plan.episodes} ({plan.episode_count} episodes, {plan.frames:,} frames) with "
-        f"--range {plan.image_range} writes {_size(plan.file_bytes)} (uint8 pixels {_size(plan.payload_bytes)}), "
+        f"--range {plan.image_range}{_unit_flag(plan)} writes {_size(plan.file_bytes)} "
+        f"({'pixels and depth' if _has_depth(plan) else 'uint8 pixels'} {_size(plan.payload_bytes)}), "
         f"{len(plan.tensors)} tensors"
     )
 
@@ -159,6 +201,7 @@ def build(
     datasets: tuple[str, ...],
     output: str | None,
     image_range: str,
+    depth_unit: str,
     keys: tuple[str, ...] | None,
     episodes: tuple[int, ...] | None,
     tolerance_s: float,
@@ -184,6 +227,7 @@ def build(
       bufconv build ~/.cache/huggingface/lerobot/me/pick_cube --range 255 --episodes 0-9
       bufconv build me/pick_cube --crop observation.images.front=0,80,480,480 --resize 128,128
       bufconv build me/pick_cube -o outputs/ --json
+      bufconv build me/rgbd_pick --depth-unit m
       bufconv build me/pick_cube me/place_cube -o shards/ --shards auto --ray=127.0.0.1:6379
     """
     sharded = len(datasets) > 1 or shards is not None or ray_address is not None
@@ -195,6 +239,7 @@ def build(
         click.echo("bufconv build: starting\r", err=True, nl=False)
     options: dict[str, Any] = {
         "image_range": int(image_range),
+        "depth_unit": depth_unit,
         "keys": keys,
         "episodes": episodes,
         "tolerance_s": tolerance_s,
@@ -247,12 +292,15 @@ def build(
         _echo(
             f"{result.status} {result.path}: {result.frames:,} frames, {result.episodes} episodes in "
             f"{result.seconds:.2f} s ({result.frames_per_second:,.0f} frames/s); file {_size(result.file_bytes)} "
-            f"(uint8 pixels {_size(result.payload_bytes)})"
+            f"({'pixels and depth' if getattr(result, 'depth_units', None) else 'uint8 pixels'} {_size(result.payload_bytes)})"
         )
         if count:
             built = getattr(result, "built", [])
             _echo(f"shards: {count} in {result.path}; built {len(built)}, {count - len(built)} were fresh")
     _echo(f"ranges: {_ranges(result.ranges)}")
+    depth_units = getattr(result, "depth_units", None)
+    if depth_units:
+        _echo("depth units: " + ", ".join(f"{k} {u}" for k, u in depth_units.items()))
 
 
 @cli.command()
@@ -263,6 +311,7 @@ def build(
 def inspect(
     dataset: str,
     image_range: str,
+    depth_unit: str,
     keys: tuple[str, ...] | None,
     episodes: tuple[int, ...] | None,
     tolerance_s: float,
@@ -288,7 +337,7 @@ def inspect(
         dataset,
         BuildOptions.create(
             image_range=int(image_range), keys=keys, episodes=episodes, tolerance_s=tolerance_s,
-            crop=_one_crop_per_camera(crops), resize=resize,
+            crop=_one_crop_per_camera(crops), resize=resize, depth_unit=depth_unit,
         ),
     )  # fmt: skip
     if as_json:

@@ -59,6 +59,8 @@ def verify(path: str, dataset: str | None, image_range: str | None, quick: bool,
         _echo(f"{path}: {state} ({report.kind}; checked: {', '.join(report.checked) or 'nothing further'})")
         if report.ranges:
             _echo(f"ranges: {_ranges(report.ranges)}")
+        if report.depth_units:
+            _echo("depth units: " + ", ".join(f"{k} {u}" for k, u in report.depth_units.items()))
         for o in report.observed:
             _echo(f"observed {o.name}: {o.dtype} {o.shape} values in [{o.min:.6g}, {o.max:.6g}]")
         for p in report.problems:
@@ -131,8 +133,11 @@ def info(path: str, as_json: bool) -> None:
             )
     _echo("tensors:")
     width = max(len(k) for k in meta["tensors"])
+    depth = meta.get("depth") or {}
     for name, t in meta["tensors"].items():
         note = f"  -> {_RANGE_TEXT[meta['ranges'][name]['output']]}" if name in meta["ranges"] else ""
+        if name in depth:
+            note = f"  -> depth ({depth[name]['stored']}) as float32 {depth[name]['unit']}"
         _echo(f"  {name:<{width}}  {t['dtype']:<8} {t['shape']}{note}")
 
 

@@ -11,7 +11,7 @@ those a build with the config's crop and resize would store.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class DataFacts:
     """(N, A), floating, in the data's own precision (bounds are compared in it: 0.01 stored as
     float32 is not below a bound of 0.01)."""
     action_facts: dict[str, Any] = field(default_factory=dict)
+    depth_units: dict[str, str | None] = field(default_factory=dict)
+    """Per depth key (SPEC section 15): the unit a cache delivers it in; None for a dataset's."""
 
 
 # ---- what the data says ---------------------------------------------------------------------
@@ -78,6 +80,7 @@ def facts_of_cache(cache: CacheFile) -> DataFacts:
         resize=None if resize is None else (int(resize[0]), int(resize[1])),
         actions=_floating(actions),
         action_facts=meta.get("actions") or action_facts(actions),
+        depth_units={k: v["unit"] for k, v in (meta.get("depth") or {}).items()},
     )
 
 
@@ -99,7 +102,7 @@ def facts_of_dataset(
             continue
         image_keys.append(name)
         height, width, channels = feature.image_hwc()
-        channels = 3 if feature.dtype == "video" else channels
+        channels = 1 if feature.is_depth else 3 if feature.dtype == "video" else channels
         try:
             transform = frame_transform(name, (height, width), options)
         except DatasetError as e:
@@ -126,6 +129,7 @@ def facts_of_dataset(
         resize=config.resize,
         actions=_floating(action),
         action_facts=action_facts(action, source.features[ACTION_KEY].names),
+        depth_units={k: None for k, f in source.features.items() if k in image_keys and f.is_depth},
     )
 
 
@@ -161,6 +165,21 @@ def _check_shapes(data: DataFacts, config: TrainingConfig, report: CheckReport) 
             f"{key}: the policy takes {_shape(expected.shape)} but the {data.kind} gives {_shape(tuple(found))}"
             f"{' after crop/resize' if key in data.image_keys and (data.crop or data.resize) else ''}; {fix}",
             key=key, expected=list(expected.shape), found=list(found),
+        )  # fmt: skip
+
+
+def _check_depth_units(data: DataFacts, config: TrainingConfig, report: CheckReport) -> None:
+    """A depth key delivered in another unit than the config's `dataset.depth_output_unit`
+    (what LeRobot's own loading, and so its dataset stats, use): `unit-mismatch`."""
+    for key, unit in data.depth_units.items():
+        if unit is None or unit == config.depth_unit:
+            continue
+        report.add(
+            E.UNIT_MISMATCH,
+            f"{key}: the cache delivers depth in {unit} but the config reads depth in {config.depth_unit} "
+            f"({config.depth_unit_because}); rebuild with --depth-unit {config.depth_unit}, or the policy sees "
+            f"depth {'1000x too large' if unit == 'mm' else '1000x too small'}",
+            key=key, expected=config.depth_unit, found=unit,
         )  # fmt: skip
 
 
@@ -345,6 +364,7 @@ def check(
         for name, done in (
             ("shapes", bool(expected.features)),
             ("range", data.ranges is not None),
+            ("depth unit", any(u is not None for u in data.depth_units.values())),
             ("crop/resize", data.kind == "cache"),
             ("fps", expected.fps is not None),
             ("action bounds", expected.bounds is not None),
@@ -356,9 +376,15 @@ def check(
     ]
     _check_shapes(data, expected, report)
     _check_range(data, expected, report)
-    # A dataset is built in the config's range by the learner drop-in.
-    offline = data.ranges if data.ranges is not None else dict.fromkeys(data.image_keys, expected.image_range)
-    check_chain(expected, offline, report)
+    _check_depth_units(data, expected, report)
+    # A dataset is built in the config's range by the learner drop-in. Depth keys have a unit,
+    # not a pixel range: the image chain (SPEC section 14) is about the RGB keys.
+    rgb = [k for k in data.image_keys if k not in data.depth_units]
+    offline = data.ranges if data.ranges is not None else dict.fromkeys(rgb, expected.image_range)
+    chain_config = replace(
+        expected, features={k: f for k, f in expected.features.items() if k not in data.depth_units}
+    )
+    check_chain(chain_config, offline, report)
     _check_crop(data, expected, report)
     _check_fps(data, expected, report)
     _check_bounds(data, expected, report)

@@ -136,6 +136,9 @@ class TrainingConfig:
     """The policy's normalizer per image key (IDENTITY where it leaves images as they come)."""
     classifier_path: str | None = None
     """The reward classifier the actor's env pipeline runs, if any (its pretrained folder or repo id)."""
+    depth_unit: str = "mm"
+    """The unit depth keys are read in: `dataset.depth_output_unit` (LeRobot 0.6.1's default "mm")."""
+    depth_unit_because: str = "LeRobot's default dataset.depth_output_unit"
 
     @property
     def image_keys(self) -> list[str]:
@@ -277,7 +280,9 @@ def _normalizers(cfg: Any, features: dict[str, ExpectedFeature]) -> dict[str, No
     if mapping is None:  # LeRobot fills its SAC defaults in; another policy's are not known here
         mapping = {"VISUAL": "MEAN_STD"} if defaults else {}
     if not isinstance(mapping, Mapping):
-        raise ConfigError(f"policy.normalization_mapping {mapping!r}: expected a mapping of feature types to modes")
+        raise ConfigError(
+            f"policy.normalization_mapping {mapping!r}: expected a mapping of feature types to modes"
+        )
     if stats is None and not defaults:
         stats = {}
     keys = [k for k, f in features.items() if f.kind == "VISUAL"]
@@ -313,6 +318,9 @@ def read_config(config: Any, *, image_range: int | None = None, processor: Any =
     classifier = get(cfg, "env", "processor", "reward_classifier", "pretrained_path") or get(
         cfg, "env", "reward_classifier_pretrained_path"
     )
+    depth_unit = get(cfg, "dataset", "depth_output_unit") if get(cfg, "dataset") is not None else None
+    if depth_unit is not None and depth_unit not in ("mm", "m"):
+        raise ConfigError(f"{source}: dataset.depth_output_unit must be 'mm' or 'm'; got {depth_unit!r}")
     try:
         return TrainingConfig(
             source=source,
@@ -327,6 +335,10 @@ def read_config(config: Any, *, image_range: int | None = None, processor: Any =
             steps=_steps(processor),
             normalizers=_normalizers(cfg, features),
             classifier_path=None if classifier is None else str(classifier),
+            depth_unit=depth_unit or "mm",
+            depth_unit_because=(
+                "dataset.depth_output_unit" if depth_unit else "LeRobot's default dataset.depth_output_unit"
+            ),
         )
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from e

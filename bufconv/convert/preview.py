@@ -27,7 +27,7 @@ from ..source.dataset import (
     SourceDataset,
 )
 from ..source.layouts import open_dataset
-from .plan import frame_chw, stored_chw
+from .plan import frame_chw, stored_chw, stored_dtype
 
 #: Columns every cache holds besides the selected keys: (name, dtype), one value per frame.
 DERIVED = (
@@ -58,6 +58,8 @@ class Camera:
     stored: tuple[int, int, int]
     """(channels, height, width) in the cache, after any crop and resize."""
     selected: bool
+    depth: dict[str, Any] | None = None
+    """A depth camera's header entry (SPEC section 15: unit, storage, quantization); None for RGB."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,12 @@ class BuildPlan:
     cameras: list[Camera]
     columns: list[Column]
     image_range: int
+    depth_unit: str = "mm"
+    """The unit depth cameras' batches come out in (used only if there are depth cameras)."""
     tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per tensor of the cache: {"dtype", "shape"}."""
     payload_bytes: int = 0
-    """uint8 bytes of all image tensors."""
+    """Bytes of all image tensors (uint8 pixels, depth cameras' 2- or 4-byte values)."""
     file_bytes: int = 0
     """The cache's size: tensors exactly, plus an estimate of the header (a few kB)."""
 
@@ -125,6 +129,7 @@ def plan_build(dataset: str | os.PathLike[str] | SourceDataset, options: BuildOp
                 frames=frames,
                 stored=stored_chw(source, key, options) if selected else frame_chw(source, key),
                 selected=selected,
+                depth=_depth_entry(source, key, options) if feature.is_depth else None,
             )
         )
     columns = [
@@ -135,13 +140,20 @@ def plan_build(dataset: str | os.PathLike[str] | SourceDataset, options: BuildOp
     tensors: dict[str, dict[str, Any]] = {}
     for camera in cameras:
         if camera.selected:
-            tensors[camera.key] = {"dtype": "uint8", "shape": [frames, *camera.stored]}
+            tensors[camera.key] = {
+                "dtype": stored_dtype(source, camera.key),
+                "shape": [frames, *camera.stored],
+            }
     for column in columns:
         if column.role in ("state", "action", "complementary_info"):
             tensors[column.key] = {"dtype": column.dtype, "shape": [frames, *_row_shape(column.shape)]}
     for name, dtype in DERIVED:
         tensors[name] = {"dtype": dtype, "shape": [frames]}
-    payload = sum(math.prod(tensors[c.key]["shape"]) for c in cameras if c.selected)
+    payload = sum(
+        math.prod(tensors[c.key]["shape"]) * np.dtype(tensors[c.key]["dtype"]).itemsize
+        for c in cameras
+        if c.selected
+    )
     data = sum(math.prod(t["shape"]) * np.dtype(t["dtype"]).itemsize for t in tensors.values())
     files = len(source.metadata_files()) + len(source.content_files(sel))
     header = (
@@ -163,10 +175,22 @@ def plan_build(dataset: str | os.PathLike[str] | SourceDataset, options: BuildOp
         cameras=cameras,
         columns=columns,
         image_range=options.image_range,
+        depth_unit=options.depth_unit,
         tensors=tensors,
         payload_bytes=payload,
         file_bytes=data + header,
     )
+
+
+def _depth_entry(source: SourceDataset, key: str, options: BuildOptions) -> dict[str, Any] | None:
+    """What the header would say of a depth camera; None when its info cannot be built (the
+    selection refuses such a key if it is selected)."""
+    from ..errors import DatasetError
+
+    try:
+        return source.features[key].depth_storage().entry(options.depth_unit)
+    except DatasetError:
+        return None
 
 
 def _row_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
