@@ -400,3 +400,14 @@ def test_check_compares_depth_unit_and_shape_with_the_config(rgbd: dict[str, Pat
     assert not [
         f for f in from_dataset.findings if f.details.get("key") == DEPTH
     ]  # a dataset has no unit yet
+
+
+def test_uint16_millimetres_above_int16_survive_storage() -> None:
+    """uint16 depth is stored in int16 bits: 40 m (40000 mm, above int16's 32767) comes back whole."""
+    mm = np.array([[[[0, 305, 32767, 32768, 40000, 65535]]]], dtype=np.uint16)
+    stored = torch.from_numpy(mm.view(np.int16))
+    entry = {"unit": "mm", "stored": "uint16", "source_unit": "mm", "quantization": None}
+    assert torch.equal(DepthDecoder(entry)(stored), torch.from_numpy(mm.astype(np.float32)))
+    metres = DepthDecoder({**entry, "unit": "m"})(stored)
+    assert torch.equal(metres, torch.from_numpy(mm.astype(np.float32)) / 1000.0)
+    assert DepthDecoder(entry).span(stored) == (0.0, 65535.0)
