@@ -15,7 +15,9 @@ Four things differ from LeRobot's own actor:
   pre-processor; `--bufconv.classifier_input=lerobot` keeps its behaviour);
 - when the learner goes away (killed, restarted with `resume=true`), the actor reconnects to it
   and goes on sending transitions: LeRobot 0.6.1's streaming threads end at the first gRPC
-  error, so its actor keeps stepping the env for nobody.
+  error, so its actor keeps stepping the env for nobody. What it produced meanwhile waits in its
+  queue, and the message that was in flight is sent again: each transitions message is its own
+  call, acknowledged by its reply (`bufconv.lerobot.delivery`; what can still be lost is said there).
 
 Options as for the learner (`bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`,
 `--bufconv.hook`; and `--bufconv.classifier_input=trained|lerobot`.
@@ -28,6 +30,7 @@ import logging
 import sys
 from typing import Any
 
+from .delivery import delivering
 from .entry import guarded_make_policy, parse_bool, parse_range, run_hooks, split_options
 
 log = logging.getLogger("bufconv")
@@ -111,7 +114,8 @@ def install(
         module: The actor module to patch (default: the installed LeRobot's).
         image_range: The range of the learner's buffers and encoder (1 or 255).
         guard: Range-check every forward of the policy's image encoders.
-        reconnect: Restart the streaming functions when the learner goes away.
+        reconnect: Restart the streaming functions when the learner goes away; transitions are
+            sent one message per call, and a message whose call failed is sent again.
         classifier_input: What a reward classifier in the env processor receives: "trained" (its
             saved pre-processor on [0,1] images, as in its training) or "lerobot" (plain [0,1] images).
 
@@ -129,7 +133,9 @@ def install(
         module.make_policy = guarded_make_policy(module.make_policy, image_range)
     if reconnect:
         for name in STREAMS:
-            if hasattr(module, name):
+            if name == "send_transitions" and hasattr(module, "learner_service_client"):
+                module.send_transitions = delivering(module.send_transitions, module.learner_service_client)
+            elif hasattr(module, name):
                 setattr(module, name, reconnecting(getattr(module, name)))
     return module
 
