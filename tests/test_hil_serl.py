@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,13 +25,16 @@ from bufconv.cache.segments import summary
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
+#: LeRobot's checkpoint period in the kill test: its first checkpoint comes early, the next one
+#: late enough (at the learner's step rate) for a kill between them.
+SAVE_FREQ = 60
 #: Generous bounds for a shared 2-core machine (a run takes ~1 s per env step there).
 START_S = 240
 STEPS_S = 300
 
 
 def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hil_serl_run", path)
+    spec = importlib.util.spec_from_file_location(f"hil_serl_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -38,6 +43,7 @@ def _load(path: Path) -> ModuleType:
 
 
 hil = _load(ROOT / "scripts" / "hil_serl" / "run.py")
+encoder_probe = _load(ROOT / "scripts" / "hil_serl" / "encoder_probe.py")
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +85,27 @@ def _encoder_spans(probe: Path) -> list[dict]:
     return [r for r in hil.read_probe(probe) if r.get("event") == "encoder" and "online" in r]
 
 
-def test_learner_killed_and_resumed_keeps_its_transitions_and_the_actor_reconnects(
+def test_learner_killed_between_checkpoints_loses_nothing_and_resumes_its_policy(
     tmp_path: Path, demos: Path, processes: list
 ) -> None:
-    """Range 255 end to end: >= 20 steps and a checkpoint, SIGKILL, resume=true, the actor goes on."""
-    run, config = _run(tmp_path, demos, "run")
-    probe = run / "probe.jsonl"
+    """Range 255 end to end: LeRobot's checkpoint at SAVE_FREQ steps, then SIGKILL at a random
+    moment well before the next one (none falls in the window). What the actor sent more
+    than ~2 s before the kill (its own record of what the learner acknowledged) is all back after
+    resume=true; the resumed policy is the checkpoint's, weight for weight; the actor goes on."""
+    run, config = _run(tmp_path, demos, "run", save_freq=SAVE_FREQ)
+    probe, sent = run / "probe.jsonl", run / "sent.jsonl"
     learner = hil.learner(config, run / "learner.log", probe=probe, image_range=255)
     processes.append(learner)
-    actor = hil.actor(config, run / "actor.log", run / "actor", image_range=255)
+    actor = hil.actor(config, run / "actor.log", run / "actor", image_range=255, sent=sent)
     processes.append(actor)
-    checkpoint = run / "train" / "checkpoints" / "000020"
+    checkpoint = run / "train" / "checkpoints" / f"{SAVE_FREQ:06d}"
     hil.wait_until(
         # LeRobot writes the checkpoint folder first, then the buffers: wait for both
-        lambda: checkpoint.is_dir()
-        and (run / "train" / "online_buffer" / "manifest.json").is_file()
-        and _steps_at_least(probe, 20)(),
+        lambda: (
+            checkpoint.is_dir()
+            and (run / "train" / "online_buffer" / "manifest.json").is_file()
+            and _steps_at_least(probe, SAVE_FREQ)()
+        ),
         START_S + STEPS_S,
         processes,
         "20 optimization steps and a checkpoint",
@@ -109,11 +120,25 @@ def test_learner_killed_and_resumed_keeps_its_transitions_and_the_actor_reconnec
             lo, hi = record[half]
             assert lo >= 0.0 and 1.0 < hi <= 255.0, record
 
+    # A random moment after LeRobot's checkpoint, well before the next one (at the step rate seen
+    # so far): background commits, not the checkpoint, must keep what the actor sends meanwhile
+    # (a new message about every 10 env steps).
+    done = hil.steps(hil.read_probe(probe))
+    rate = (done[-1]["step"] - done[0]["step"]) / max(1e-3, done[-1]["t"] - done[0]["t"])
+    window_s = min(15.0, 0.5 * SAVE_FREQ / max(rate, 1e-3))
+    time.sleep(random.Random(int.from_bytes(os.urandom(4), "little")).uniform(3.0, max(3.5, window_s)))
     learner.kill()  # SIGKILL, as an OOM kill would
+    kill_time = time.time()
+    next_checkpoint = run / "train" / "checkpoints" / f"{2 * SAVE_FREQ:06d}"
+    assert not next_checkpoint.exists(), f"a checkpoint fell in the window ({rate:.1f} steps/s)"
     committed = summary(run / "train" / "online_buffer")["transitions"]
     assert committed >= 10  # at least the online_step_before_learning transitions
     killed_at = learner.popen.returncode, len(hil.read_probe(probe))
     assert killed_at[0] == -9
+    acknowledged = [r for r in hil.read_probe(sent) if r.get("event") == "sent"]
+    surely = sum(r["transitions"] for r in acknowledged if r["t"] < kill_time - 2.0)
+    assert surely > 0
+    assert surely <= committed <= sum(r["transitions"] for r in acknowledged), (surely, committed)
 
     resumed_config = hil.write_config(
         run / "resume_config.json",
@@ -132,6 +157,15 @@ def test_learner_killed_and_resumed_keeps_its_transitions_and_the_actor_reconnec
     )
     assert records[0]["online_size"] == committed  # every committed transition is back, nothing more
     assert "uncommitted transitions dropped" not in restarted.tail(10**7)
+    # the resumed policy is the last checkpoint's (LeRobot 0.6.1 alone rebuilds it from fresh weights)
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "train" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors")
+    made = [r for r in hil.read_probe(probe)[killed_at[1] :] if r.get("event") == "policy"]
+    assert made, "the resumed learner made no policy"
+    resumed_policy, expected = made[0]["sha1"], encoder_probe.tensor_digests(saved)
+    assert set(expected) <= set(resumed_policy)
+    assert {k: resumed_policy[k] for k in expected} == expected
     resumed_from = records[0]["t"]
     after = hil.wait_until(
         lambda: [
@@ -143,7 +177,7 @@ def test_learner_killed_and_resumed_keeps_its_transitions_and_the_actor_reconnec
         [restarted, actor],
         "new transitions from the reconnected actor",
     )
-    assert after[0]["step"] > 20  # the optimization step count went on from the checkpoint
+    assert after[0]["step"] > SAVE_FREQ  # the optimization step count went on from the checkpoint
     assert "reconnecting" in actor.tail(10**7)
     for record in _encoder_spans(probe):
         for half in ("online", "offline"):

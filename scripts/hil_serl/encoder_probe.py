@@ -9,7 +9,8 @@ camera. For every encoder forward during training this appends one JSON line to 
 `$BUFCONV_PROBE`: `{"event": "encoder", "t", "online": [min, max], "offline": [min, max]}`
 (the dummy forward at construction and other shapes: `"all": [min, max]`), and after every
 optimization step `{"event": "step", "t", "step", "online_size"}`; once the buffers exist,
-`{"event": "buffers", "t", "online_size", ...}`. Times are `time.time()`. It records; it never checks (that is
+`{"event": "buffers", "t", "online_size", ...}`; once the policy is made, `{"event": "policy", "t",
+"sha1": {name: digest of the tensor's bytes}}` (what a resumed learner starts from). Times are `time.time()`. It records; it never checks (that is
 `--bufconv.guard`'s job), so stock LeRobot's learner can be probed too (`--bufconv.buffers=lerobot
 --bufconv.guard=false`).
 """
@@ -52,6 +53,21 @@ class Probe:
             self.write(event="encoder", all=_span(x))
 
 
+def tensor_digests(tensors: Any) -> dict[str, str]:
+    """Each tensor's SHA-1 over its dtype, shape and bytes (a policy's state dict, or a safetensors file's)."""
+    import hashlib
+
+    import torch
+
+    out = {}
+    for name, tensor in tensors.items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest = hashlib.sha1(f"{t.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+        out[name] = digest.hexdigest()
+    return out
+
+
 def _span(x: Any) -> list[float]:
     return [round(float(x.min()), 4), round(float(x.max()), 4)]
 
@@ -66,6 +82,7 @@ def install(learner: ModuleType) -> None:
 
     def make_probed_policy(*args: Any, **kwargs: Any) -> Any:
         policy = make_policy(*args, **kwargs)
+        probe.write(event="policy", sha1=tensor_digests(policy.state_dict()))
         encoders = {id(m.image_encoder): m for m in policy.modules() if hasattr(m, "image_encoder")}
         for owner in encoders.values():
             probe.cameras = len(getattr(owner, "image_keys", ())) or probe.cameras

@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "train_config.json"
 FIXES = HERE / "lerobot_fixes.py"
 PROBE = HERE / "encoder_probe.py"
+ACTOR_PROBE = HERE / "actor_probe.py"
 PYTHON = sys.executable
 #: Headless MuJoCo rendering (Debian's libosmesa6); EGL needs a GPU.
 RENDER_ENV = {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}
@@ -153,7 +154,13 @@ def learner(
 
 
 def actor(
-    config: Path, log: Path, output_dir: Path, *, lerobot_actor: bool = False, image_range: int | None = None
+    config: Path,
+    log: Path,
+    output_dir: Path,
+    *,
+    lerobot_actor: bool = False,
+    image_range: int | None = None,
+    sent: Path | None = None,
 ) -> Process:
     """`python -m bufconv.lerobot.actor`, or LeRobot's own `python -m lerobot.rl.actor`.
 
@@ -164,7 +171,11 @@ def actor(
     cmd = [PYTHON, "-m", module, f"--config_path={config}", f"--output_dir={output_dir}"]
     if image_range is not None and not lerobot_actor:
         cmd.append(f"--bufconv.image_range={image_range}")
-    return Process("actor", cmd, log)
+    env = {}
+    if sent is not None:  # the actor's own record of what the learner acknowledged
+        cmd.append(f"--bufconv.hook={ACTOR_PROBE}")
+        env["BUFCONV_ACTOR_PROBE"] = str(sent)
+    return Process("actor", cmd, log, env)
 
 
 def wait_until(
