@@ -2,16 +2,25 @@
 
 Takes any buffer that reads out its transitions by position (`OfflineBuffer`, `OnlineBuffer`);
 imports LeRobot inside the function that needs it, so this module loads without it.
+
+The installed release's own writer writes it, in that release's layout (v2.1 for 0.3.x, v3.0
+from 0.4); `_Writer` holds what differs between releases, each found by what the writer has:
+where `LeRobotDataset` is importable from, whether `add_frame` takes the task as an argument
+(0.3.x) or in the frame, and whether there are pending frames to save and a `finalize()` to call.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from typing import Any, Protocol
 
 import torch
 
 from .batch import BatchTransition
+
+_WRITER_MODULE = "lerobot.datasets.lerobot_dataset"  # where every release from 0.3 has LeRobotDataset
 
 
 class Transitions(Protocol):
@@ -41,8 +50,6 @@ def buffer_to_lerobot_dataset(
     an episode ends where a transition is done or truncated. Images are written as uint8, so
     the dataset round-trips through bufconv whatever the buffer's range.
     """
-    from lerobot.datasets import LeRobotDataset
-
     if len(buffer) == 0:
         raise ValueError("The replay buffer is empty. Cannot convert to a dataset.")
     first = buffer[[0]]
@@ -59,11 +66,11 @@ def buffer_to_lerobot_dataset(
             features[key] = {"dtype": "float32", "shape": tuple(value.shape[1:]) or (1,), "names": None}
     for short in first.get("complementary_info") or {}:
         features[f"complementary_info.{short}"] = {"dtype": "float32", "shape": (1,), "names": None}
-    dataset = LeRobotDataset.create(repo_id=repo_id, fps=fps, root=root, features=features, use_videos=False)
+    writer = _Writer.create(repo_id=repo_id, fps=fps, root=root, features=features)
     for start in range(0, len(buffer), 256):
         batch = buffer[list(range(start, min(start + 256, len(buffer))))]
         for i in range(len(batch["action"])):
-            frame: dict[str, Any] = {"task": task_name, "action": batch["action"][i]}
+            frame: dict[str, Any] = {"action": batch["action"][i]}
             frame["next.reward"] = batch["reward"][i : i + 1]
             frame["next.done"] = batch["done"][i : i + 1].bool()
             for key, value in batch["state"].items():
@@ -74,10 +81,61 @@ def buffer_to_lerobot_dataset(
                     frame[key] = value[i].reshape(features[key]["shape"])
             for short, value in (batch.get("complementary_info") or {}).items():
                 frame[f"complementary_info.{short}"] = value[i : i + 1]
-            dataset.add_frame(frame)
+            writer.add_frame(frame, task_name)
             if bool(batch["done"][i]) or bool(batch["truncated"][i]):
-                dataset.save_episode()
-    if dataset.has_pending_frames():
-        dataset.save_episode()
-    dataset.finalize()
-    return dataset
+                writer.dataset.save_episode()
+    return writer.close()
+
+
+class _Writer:
+    """The installed LeRobot's `LeRobotDataset` writer, called as that release wants."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        add_frame = inspect.signature(dataset.add_frame).parameters
+        self.task_argument = "task" in add_frame  # 0.3.x: add_frame(frame, task); later: frame["task"]
+
+    @classmethod
+    def create(cls, **kwargs: Any) -> _Writer:
+        try:
+            module = importlib.import_module(_WRITER_MODULE)
+        except ModuleNotFoundError as e:
+            if e.name is None or not _WRITER_MODULE.startswith(e.name):
+                raise  # a dependency of LeRobot's writer (datasets, ...) is missing: say which
+            raise ImportError(
+                f"writing a LeRobot dataset needs LeRobot's writer ({_WRITER_MODULE}.LeRobotDataset, "
+                f"LeRobot 0.3.3 and later; installed: {_lerobot_version()}): pip install 'bufconv[lerobot]'"
+            ) from e
+        return cls(module.LeRobotDataset.create(use_videos=False, **kwargs))
+
+    def add_frame(self, frame: dict[str, Any], task: str) -> None:
+        if self.task_argument:
+            self.dataset.add_frame(frame, task=task)
+        else:
+            self.dataset.add_frame({**frame, "task": task})
+
+    def pending(self) -> bool:
+        """Frames added since the last `save_episode` (0.3.x and 0.4.x have no `has_pending_frames`)."""
+        has_pending = getattr(self.dataset, "has_pending_frames", None)
+        if has_pending is not None:
+            return bool(has_pending())
+        episode = self.dataset.episode_buffer
+        return episode is not None and episode["size"] > 0
+
+    def close(self) -> Any:
+        """Save the last episode and, where the release has it, `finalize()` (parquet footers, v3.0)."""
+        if self.pending():
+            self.dataset.save_episode()
+        finalize = getattr(self.dataset, "finalize", None)  # 0.3.x (v2.1) writes each episode whole
+        if finalize is not None:
+            finalize()
+        return self.dataset
+
+
+def _lerobot_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lerobot")
+    except metadata.PackageNotFoundError:
+        return "none"
