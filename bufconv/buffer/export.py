@@ -50,8 +50,12 @@ def export_lerobot(
         raise CacheError(f"{target}: already exists; export into a new folder", path=target)
     buffer: Any
     if is_buffer_folder(path):
-        image_range = int(read_manifest(Path(path))["image_range"])
-        buffer = OnlineBuffer(path=path, image_range=image_range, read_only=True, use_drq=False)
+        manifest = read_manifest(Path(path))
+        units = {str(entry["unit"]) for entry in (manifest.get("depth") or {}).values()}
+        buffer = OnlineBuffer(
+            path=path, image_range=int(manifest["image_range"]), read_only=True, use_drq=False,
+            depth_unit=units.pop() if len(units) == 1 else "mm",
+        )  # fmt: skip
         default_fps = 10
     else:
         buffer = open_buffer(path, use_drq=False)

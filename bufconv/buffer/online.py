@@ -10,6 +10,10 @@ link to the next frame when it is one (`store.py`). With a `path`, the buffer li
 folder too: every `commit_interval_s` (default 1 s) a background thread appends what is new as a
 segment and replaces the manifest atomically (`commits.py`), so a process killed at any moment
 loses at most the last interval; a new `OnlineBuffer` on the same folder resumes what was committed.
+
+Depth keys (SPEC section 15: LeRobot's `<cam>_depth`, rows (1, H, W)) are stored as float32 in
+the buffer's `depth_unit`, checked against it on `add` (`check_unit`), DrQ-shifted with their
+camera and delivered as float32 (B, 1, H, W) in that unit; the folder's manifest records the unit.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 import torch
 
 from ..errors import BufconvError, CacheError
-from ..options import validate_range
+from ..options import DEFAULT_DEPTH_UNIT, validate_depth_unit, validate_range
+from ..source.depth import DepthDecoder
 from .batch import Batcher, BatchTransition, positions, random_generator
 from .commits import DEFAULT_COMMIT_INTERVAL_S, Commits
 from .lerobot_dataset import buffer_to_lerobot_dataset
@@ -38,6 +43,7 @@ log = logging.getLogger("bufconv")
 
 DEFAULT_ONLINE_CAPACITY = 100_000  # LeRobot's default online_buffer_capacity
 IMAGE_PREFIX = "observation.image"  # LeRobot's OBS_IMAGE: keys of images (DrQ-shifted, stored uint8)
+DEPTH_SUFFIXES = ("_depth", ".depth")  # LeRobot's depth cameras: `<cam>_depth` beside `<cam>`
 _EMPTY = "Cannot sample from an empty buffer. Add transitions first."  # LeRobot's message
 
 
@@ -61,9 +67,16 @@ class OnlineBuffer:
         commit_interval_s: With a `path`: seconds between background commits of what is new
             (`add` never waits for the disk); None commits only at `checkpoint()` and keeps
             nothing added after the last one if the process dies.
+        depth_unit: "mm" (LeRobot's default `depth_output_unit`) or "m": the unit depth keys are
+            added and sampled in (`add` refuses depth that contradicts it: `UnitMismatchError`).
+        depth_keys: The depth keys among the state keys (default: those named like LeRobot's
+            depth cameras, `<cam>_depth`, whose rows are (1, H, W); see `is_depth_key`). A resumed
+            buffer's come from its folder.
 
     Attributes:
         status: "new" or "resumed".
+        depth_keys: The depth subset of `state_keys`: float32 (B, 1, H, W) in `depth_units[key]`
+            (known once the first transition is added, or resumed).
         lost: Transitions dropped on resume: added after the last checkpoint and half-written
             when the process died, or in a damaged segment (0 after a clean resume).
         warnings: What resuming found wrong (also logged).
@@ -71,9 +84,10 @@ class OnlineBuffer:
             a background commit's failure, until one succeeds again); None without a path.
 
     Raises:
-        ValueError: capacity < 1 (LeRobot's message), an image range other than 1 or 255, or
-            a commit interval <= 0.
-        CacheError: the folder is unusable, in use by another process, or holds another buffer.
+        ValueError: capacity < 1 (LeRobot's message), an image range other than 1 or 255, a
+            depth unit other than "mm" or "m", or a commit interval <= 0.
+        CacheError: the folder is unusable, in use by another process, or holds another buffer
+            (other keys, range or depth unit).
     """
 
     def __init__(
@@ -92,11 +106,19 @@ class OnlineBuffer:
         recycle_outputs: bool = True,
         read_only: bool = False,
         commit_interval_s: float | None = DEFAULT_COMMIT_INTERVAL_S,
+        depth_unit: str = DEFAULT_DEPTH_UNIT,
+        depth_keys: Sequence[str] | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError("Capacity must be greater than 0.")
         self._capacity = int(capacity)
         self.image_range = validate_range(image_range)
+        self.depth_unit = validate_depth_unit(depth_unit)
+        if isinstance(depth_keys, str):
+            raise TypeError("depth_keys must be a sequence of strings, not one string")
+        self.depth_keys: list[str] = list(depth_keys) if depth_keys is not None else []
+        self._explicit_depth = depth_keys is not None
+        self._depth_of: set[str] = set(self.depth_keys)  # the first transition's depth keys (`_schema_from`)
         self.device = torch.device(device)
         self.storage_device = torch.device(storage_device)
         self.use_drq = use_drq
@@ -158,12 +180,40 @@ class OnlineBuffer:
             )
         if saved_keys:
             self.state_keys = saved_keys
+        self._resume_depth(manifest)
         for warning in self.warnings:
             log.warning("resuming %s: %s", self.folder.path, warning)
         if store is not None:
             self._use(store)
-            self._rows = RowMaker(self.state_keys, self.image_range)
+            self._rows = RowMaker(self.state_keys, self.image_range, self.depth_units)
         self.status = "resumed"
+
+    def _resume_depth(self, manifest: Mapping[str, Any]) -> None:
+        """The folder's depth keys (none in a folder written before depth keys existed), in the unit asked."""
+        assert self.folder is not None
+        saved = dict(manifest.get("depth") or {})
+        other = sorted({str(entry["unit"]) for entry in saved.values()} - {self.depth_unit})
+        if other:
+            self.folder.close()
+            raise CacheError(
+                f"{self.folder.path}: holds depth keys {sorted(saved)} in {other[0]}, not {self.depth_unit}; "
+                f"open it with depth_unit={other[0]!r}, or choose another folder",
+                path=self.folder.path,
+            )
+        if manifest.get("schema") and self._explicit_depth and sorted(saved) != sorted(self.depth_keys):
+            self.folder.close()
+            raise CacheError(
+                f"{self.folder.path}: holds depth keys {sorted(saved)}, not {sorted(self.depth_keys)}; "
+                "choose another folder",
+                path=self.folder.path,
+            )
+        if manifest.get("schema"):
+            self.depth_keys = [k for k in self.state_keys if k in saved]
+
+    @property
+    def depth_units(self) -> dict[str, str]:
+        """The unit of each depth key (all in `depth_unit`)."""
+        return {key: self.depth_unit for key in self.depth_keys}
 
     def _use(self, store: TransitionStore) -> None:
         self._store = store
@@ -176,6 +226,7 @@ class OnlineBuffer:
             self.device,
             self.image_augmentation_function,
             self.recycle_outputs,
+            depth={k: DepthDecoder(depth_entry(self.depth_unit)) for k in self.depth_keys},
         )
 
     def __repr__(self) -> str:
@@ -214,12 +265,14 @@ class OnlineBuffer:
         """Add one transition (LeRobot's `ReplayBuffer.add`; a leading batch dimension of 1 is dropped).
 
         Images (keys starting with "observation.image") may be float in the declared range or
-        uint8; they are range-checked and stored as uint8. `next_state=None` (LeRobot's
+        uint8; they are range-checked and stored as uint8. Depth keys are checked against
+        `depth_unit` and stored as float32 (never range-checked). `next_state=None` (LeRobot's
         `optimize_memory` callers) means the next transition's state, or the state itself when
         the transition ends an episode.
 
         Raises:
             RangeMismatchError: an image is not in the declared range (the buffer is unchanged).
+            UnitMismatchError: depth in the other unit, or negative (the buffer is unchanged).
             KeyError: a state key of the buffer is missing.
             ValueError: a row's shape differs from the buffer's.
         """
@@ -227,12 +280,21 @@ class OnlineBuffer:
             if self._store is None:
                 schema = self._schema_from(state, action, complementary_info)
                 store = TransitionStore(self._capacity, schema, self.storage_device)
-                rows = RowMaker(self.state_keys, self.image_range)
-                rows.add(store, state, action, reward, next_state, done, truncated, complementary_info)
+                depth_keys = self.depth_keys
+                self.depth_keys = [k for k in self.state_keys if k in self._depth_of]
+                try:
+                    rows = RowMaker(self.state_keys, self.image_range, self.depth_units)
+                    rows.add(store, state, action, reward, next_state, done, truncated, complementary_info)
+                except BaseException:
+                    self.depth_keys = depth_keys  # refused: nothing decided
+                    raise
                 self._use(store)  # only once the first transition was accepted
                 self._rows = rows
                 if self.folder is not None and self.folder.manifest is not None:
-                    self.folder.manifest["keys"] = {"state": self.state_keys, "images": self.image_keys}
+                    self.folder.manifest["keys"] = {
+                        "state": self.state_keys, "images": self.image_keys, "depth": self.depth_keys,
+                    }  # fmt: skip
+                    self.folder.manifest["depth"] = {k: depth_entry(self.depth_unit) for k in self.depth_keys}
                 return
             assert self._rows is not None
             self._rows.add(
@@ -250,7 +312,22 @@ class OnlineBuffer:
             if key not in state:
                 raise KeyError(f"state lacks {key!r}; the buffer's state keys are {self.state_keys}")
             rows[key] = _squeezed(torch.as_tensor(state[key]))
-        images = {k for k, v in rows.items() if k.startswith(IMAGE_PREFIX) and v.ndim == 3}
+        if self._explicit_depth:
+            for key in self.depth_keys:
+                if key not in rows:
+                    raise KeyError(f"depth key {key!r} is not among the state keys {self.state_keys}")
+                if rows[key].ndim != 3 or rows[key].shape[0] != 1:
+                    raise ValueError(
+                        f"state[{key!r}] has shape {tuple(rows[key].shape)}; a depth key's rows are (1, H, W)"
+                    )
+            self._depth_of = set(self.depth_keys)
+        else:
+            self._depth_of = {k for k, v in rows.items() if is_depth_key(k, tuple(v.shape))}
+        images = {
+            k
+            for k, v in rows.items()
+            if k.startswith(IMAGE_PREFIX) and v.ndim == 3 and k not in self._depth_of
+        }
         complementary = {k: _squeezed(torch.as_tensor(v)) for k, v in (info or {}).items()}
         return schema_for(rows, _squeezed(torch.as_tensor(action)), images, complementary)
 
@@ -352,6 +429,17 @@ class OnlineBuffer:
         return batcher(
             rows, store.schema.complementary, augment=augment, image_dtype=image_dtype, generator=generator
         )
+
+
+def is_depth_key(key: str, shape: Sequence[int]) -> bool:
+    """Whether a state key is a depth camera by LeRobot's naming: `<cam>_depth` (or `<cam>.depth`)
+    with rows of one channel, (1, H, W). LeRobot's policies declare depth as such a VISUAL feature."""
+    return key.endswith(DEPTH_SUFFIXES) and len(shape) == 3 and int(shape[0]) == 1
+
+
+def depth_entry(unit: str) -> dict[str, Any]:
+    """The manifest's `depth` entry of a depth key: float32 rows in `unit` (as a cache's float32 depth)."""
+    return {"unit": unit, "stored": "float32", "dtype": "float32", "source_unit": unit}
 
 
 def _squeezed(tensor: torch.Tensor) -> torch.Tensor:

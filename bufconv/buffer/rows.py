@@ -1,7 +1,8 @@
 """A live transition (LeRobot's `add` arguments) turned into stored rows: checked, converted, once.
 
 Both buffers take transitions this way. Images are range-checked and stored as uint8; the
-rest as float32. The state of a transition is almost always the previous transition's
+rest as float32. Depth keys (SPEC section 15) are float32 too, in the buffer's unit, checked
+against it (`check_unit`) and never against the image range. The state of a transition is almost always the previous transition's
 next_state, by value: that is seen with one comparison of the float input, and the frame
 stored for that next_state is reused, without a second range check or conversion.
 """
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ranges import check_range, span_problem, to_uint8
+from ..ranges import check_range, check_unit, span_problem, to_uint8
 from .batch import as_row
 from .store import PlacedRow, Schema, TransitionStore
 
@@ -25,11 +26,16 @@ class RowMaker:
     Args:
         state_keys: The observation keys kept.
         image_range: The declared range images are checked against.
+        depth_units: The depth keys among them and the unit each is added in ("mm" or "m"):
+            stored as float32 and checked with `check_unit` (the store's frame column is float32).
     """
 
-    def __init__(self, state_keys: list[str], image_range: int) -> None:
+    def __init__(
+        self, state_keys: list[str], image_range: int, depth_units: Mapping[str, str] | None = None
+    ) -> None:
         self.state_keys = state_keys
         self.image_range = image_range
+        self.depth_units = dict(depth_units or {})
         self._previous_next: dict[str, torch.Tensor] | None = None
         self._previous_given: list[Any] | None = None  # next_state's rows as given (the CPU path)
         self._previous_objects: list[Any] | None = None  # and its values, the objects passed
@@ -52,6 +58,7 @@ class RowMaker:
 
         Raises:
             RangeMismatchError: an image is not in the declared range.
+            UnitMismatchError: a depth key's values contradict its unit (a RangeMismatchError).
             KeyError: a state key is missing.
             ValueError: a row's shape differs from the store's.
         """
@@ -122,10 +129,12 @@ class RowMaker:
         for (key, is_image, _shape), value in zip(plan.keys, given, strict=True):
             out = row[key]
             if not is_image:
-                if isinstance(value, np.ndarray) and value.dtype == np.float32:
-                    np.copyto(out, value.reshape(out.shape))
-                else:
-                    np.copyto(out, value.to(torch.float32).numpy().reshape(out.shape))
+                if not (isinstance(value, np.ndarray) and value.dtype == np.float32):
+                    value = value.to(torch.float32).numpy()
+                unit = self.depth_units.get(key)
+                if unit is not None:  # before the copy: a refusal leaves the slot as it was
+                    check_unit(torch.from_numpy(value), unit, name=f"{prefix}[{key!r}]")
+                np.copyto(out, value.reshape(out.shape))
             elif isinstance(value, np.ndarray):  # float32 on the CPU: one min/max pass, then convert
                 lo, hi = torch.aminmax(torch.from_numpy(value))
                 problem = span_problem(float(lo), float(hi), self.image_range, name=f"{prefix}[{key!r}]")
@@ -159,6 +168,8 @@ class RowMaker:
         rows = {}
         for key, value in raw.items():
             if schema.frames[key].dtype != "uint8":
+                if key in self.depth_units:
+                    check_unit(value, self.depth_units[key], name=f"{prefix}[{key!r}]")
                 rows[key] = value.to(torch.float32).numpy()
             elif value.dtype == torch.uint8:
                 rows[key] = value.numpy()

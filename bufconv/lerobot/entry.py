@@ -19,16 +19,17 @@ import importlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..options import validate_range
-from ..pixelmap import PixelMap
-from ..ranges import guard_encoder
+from ..options import validate_depth_unit, validate_range
+from ..pixelmap import PixelMap, check_mapped
+from ..ranges import check_range, check_unit, guard_encoder
 
 log = logging.getLogger("bufconv")
 
@@ -149,7 +150,12 @@ def encoder_maps(policy_cfg: Any, image_range: int) -> dict[str, PixelMap]:
     return chain_maps(read_config(SimpleNamespace(policy=policy_cfg), image_range=image_range))
 
 
-def guard_policy(policy: nn.Module, image_range: int, maps: dict[str, PixelMap] | None = None) -> int:
+def guard_policy(
+    policy: nn.Module,
+    image_range: int,
+    maps: dict[str, PixelMap] | None = None,
+    depth_units: Mapping[str, str | None] | None = None,
+) -> int:
     """`guard_encoder` on each of the policy's image encoders; returns how many were guarded.
 
     Args:
@@ -158,10 +164,19 @@ def guard_policy(policy: nn.Module, image_range: int, maps: dict[str, PixelMap] 
         maps: What each image key's encoder receives (`encoder_maps`): with a normalizer before the
             encoder (LeRobot's default MEAN_STD), each camera is checked against the image of [0,255]
             under its map, not against the range. None: the range alone (an IDENTITY normalizer).
+        depth_units: The policy's depth keys and their unit (SPEC section 15; None: not known,
+            not checked): never checked against the image range. An encoder that takes a depth
+            camera (LeRobot's take their cameras concatenated along dim 0) checks each camera's
+            chunk: depth by `check_unit` where it arrives as delivered (no normalizer before the
+            encoder), else not there (the buffers' `add` and `bufconv check` cover its unit).
     """
+    units = dict(depth_units or {})
     owners = encoder_owners(policy)
     for owner, encoder in owners:
         keys = list(getattr(owner, "image_keys", None) or [])
+        if any(k in units for k in keys):
+            _guard_chunks(encoder, keys, image_range, maps or {}, units)
+            continue
         chunk_maps = [maps[k] for k in keys if maps and k in maps] if maps else []
         if maps and len(chunk_maps) != len(keys):
             chunk_maps = []  # an encoder over keys the config does not name: the range alone
@@ -170,10 +185,11 @@ def guard_policy(policy: nn.Module, image_range: int, maps: dict[str, PixelMap] 
             image_range,
             pixel_maps=chunk_maps or None,
             names=keys or None,
-            where="learner batch or actor observation -> policy encoder",
+            where=_WHERE,
+            depth_units={k: u for k, u in units.items() if u is not None} or None,
         )
     if owners:
-        described = sorted({m.describe() for m in (maps or {}).values()})
+        described = sorted({m.describe() for k, m in (maps or {}).items() if k not in units})
         log.info(
             "bufconv: %d image encoder(s) of %s check every forward against range %d%s",
             len(owners),
@@ -186,11 +202,60 @@ def guard_policy(policy: nn.Module, image_range: int, maps: dict[str, PixelMap] 
     return len(owners)
 
 
-def guarded_make_policy(make_policy: Callable[..., Any], image_range: int | None) -> Callable[..., Any]:
+_WHERE = "learner batch or actor observation -> policy encoder"
+
+
+def _guard_chunks(
+    encoder: nn.Module,
+    keys: list[str],
+    image_range: int,
+    maps: Mapping[str, PixelMap],
+    units: Mapping[str, str | None],
+) -> None:
+    """The guard of an encoder whose cameras include depth: each positional (B*K, C, H, W) input
+    split into its K cameras (LeRobot's order, `image_keys`), each checked as its key requires."""
+
+    def check(key: str, chunk: torch.Tensor) -> None:
+        pixel_map = maps.get(key)
+        raw = pixel_map is None or pixel_map.is_range(image_range)
+        if key in units:
+            unit = units[key]
+            if raw and unit is not None:  # depth as delivered; under a normalizer it is no longer in a unit
+                check_unit(chunk, unit, name=key)
+        elif raw:
+            check_range(chunk, image_range, name=key)
+        else:
+            assert pixel_map is not None
+            check_mapped(chunk, pixel_map, name=key, where=_WHERE)
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.ndim == 4 and len(arg) % len(keys) == 0:
+                for key, chunk in zip(keys, torch.chunk(arg, len(keys), dim=0), strict=True):
+                    check(key, chunk)
+
+    encoder.register_forward_pre_hook(hook)
+
+
+def policy_depth_units(policy_cfg: Any, depth_unit: str | None) -> dict[str, str | None]:
+    """The policy config's depth keys (VISUAL (1, H, W) `<cam>_depth` features), each in `depth_unit`
+    (None: a unit not known here)."""
+    from .offline import policy_depth_keys
+
+    unit = None if depth_unit is None else validate_depth_unit(depth_unit)
+    return {key: unit for key in policy_depth_keys(SimpleNamespace(policy=policy_cfg))}
+
+
+def guarded_make_policy(
+    make_policy: Callable[..., Any], image_range: int | None, depth_unit: str | None = None
+) -> Callable[..., Any]:
     """LeRobot's `make_policy`, whose policies check their image encoders' inputs.
 
     The range is `image_range`, else the one `resolve_image_range` finds in the policy config;
     the map each encoder is checked against comes from the config's normalizer (SPEC section 14).
+    Depth keys of the policy are checked against `depth_unit` (the training config's
+    `dataset.depth_output_unit`, which `make_policy` is not given); None: they are left unchecked
+    by the guard (never range-checked).
     """
     if hasattr(make_policy, "__wrapped__"):
         return make_policy
@@ -201,7 +266,9 @@ def guarded_make_policy(make_policy: Callable[..., Any], image_range: int | None
         policy = make_policy(*args, **kwargs)
         policy_cfg = kwargs.get("cfg", args[0] if args else None)
         resolved = resolve_image_range(SimpleNamespace(policy=policy_cfg), image_range)
-        guard_policy(policy, resolved, encoder_maps(policy_cfg, resolved))
+        guard_policy(
+            policy, resolved, encoder_maps(policy_cfg, resolved), policy_depth_units(policy_cfg, depth_unit)
+        )
         return policy
 
     make_guarded_policy.__wrapped__ = make_policy  # type: ignore[attr-defined]

@@ -10,9 +10,10 @@ from typing import Any
 from ..buffer.commits import DEFAULT_COMMIT_INTERVAL_S
 from ..buffer.loader import load_or_build
 from ..buffer.offline import DEFAULT_CAPACITY, OfflineBuffer
+from ..buffer.online import is_depth_key
 from ..cache.segments import is_buffer_folder
 from ..cache.sharded import is_sharded_folder, shard_name
-from ..contract.config import image_range_of
+from ..contract.config import image_range_of, read_config
 from .preflight import preflight, preprocessing
 
 log = logging.getLogger("bufconv")
@@ -28,6 +29,24 @@ def resolve_image_range(cfg: Any, image_range: int | None = None) -> int:
     `normalise_inputs` / `normalize_inputs`); else 1, LeRobot's convention.
     """
     return image_range_of(cfg, image_range)[0]
+
+
+def resolve_depth_unit(cfg: Any) -> str:
+    """The unit the learner's policy reads depth in: `cfg.dataset.depth_output_unit` ("mm", LeRobot
+    0.6.1's default, when the config has none); `bufconv check` reads it the same way."""
+    return read_config(cfg).depth_unit
+
+
+def policy_depth_keys(cfg: Any) -> list[str]:
+    """The depth keys among the policy's input features: LeRobot declares a depth camera as a VISUAL
+    (1, H, W) feature named `<cam>_depth` (see `bufconv.buffer.online.is_depth_key`)."""
+    keys = []
+    for key, feature in dict(getattr(cfg.policy, "input_features", None) or {}).items():
+        kind = getattr(getattr(feature, "type", None), "value", getattr(feature, "type", None))
+        shape = tuple(getattr(feature, "shape", None) or ())
+        if str(kind).upper() == "VISUAL" and is_depth_key(str(key), shape):
+            keys.append(str(key))
+    return keys
 
 
 def initialize_offline_replay_buffer(
@@ -53,8 +72,9 @@ def initialize_offline_replay_buffer(
     resumed from LeRobot's dataset, as LeRobot does.
 
     The images are cropped and resized as the config's env processor does live images
-    (`env.processor.image_preprocessing`), and the buffer is checked against the config before
-    it is returned (`bufconv check`).
+    (`env.processor.image_preprocessing`), depth keys are delivered in the config's
+    `dataset.depth_output_unit` (`resolve_depth_unit`), and the buffer is checked against the
+    config before it is returned (`bufconv check`).
 
     Args:
         cfg: LeRobot's `TrainRLServerPipelineConfig` (or anything with the same attributes).
@@ -99,6 +119,7 @@ def initialize_offline_replay_buffer(
         use_drq=True,
         crop=crop,
         resize=resize,
+        depth_unit=resolve_depth_unit(cfg),
         added_path=added,
         commit_interval_s=commit_interval_s,
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..buffer.commits import DEFAULT_COMMIT_INTERVAL_S
 from ..buffer.online import DEFAULT_ONLINE_CAPACITY, OnlineBuffer
-from .offline import OFFLINE_ADDED_FOLDER, resolve_image_range
+from .offline import OFFLINE_ADDED_FOLDER, policy_depth_keys, resolve_depth_unit, resolve_image_range
 from .preflight import preflight
 
 log = logging.getLogger("bufconv")
@@ -44,7 +44,8 @@ def initialize_replay_buffer(
     background every `commit_interval_s` (`--bufconv.commit_interval_s`, default 1 s),
     independent of LeRobot's `save_freq`; LeRobot's checkpoints then commit the tail. Capacity,
     state keys and the image range come from the config as for the offline buffer (an explicit
-    `image_range=` wins).
+    `image_range=` wins); depth keys (the policy's VISUAL (1, H, W) `<cam>_depth` features) are
+    added and sampled in the config's `dataset.depth_output_unit` (default mm).
 
     The image chain of the config (`bufconv check`'s, without the offline data) is checked here, at start.
 
@@ -52,7 +53,8 @@ def initialize_replay_buffer(
         ContractError: the image chain does not fit (e.g. a normalizer's stats in [0,1] units on
             images in [0,255]).
         CacheError: not resuming, but the folder already holds a buffer (LeRobot itself refuses
-            an existing output_dir without `resume`), or the folder holds another range or keys.
+            an existing output_dir without `resume`), or the folder holds another range, keys or
+            depth unit.
     """
     policy = cfg.policy
     # The image chain first: LeRobot's learner makes this buffer before the offline one, whose cache
@@ -68,13 +70,16 @@ def initialize_replay_buffer(
         use_drq=True,
         resume=bool(getattr(cfg, "resume", False)),
         commit_interval_s=commit_interval_s,
+        depth_unit=resolve_depth_unit(cfg),
+        depth_keys=policy_depth_keys(cfg),
     )
     log.info(
-        "bufconv online buffer: %s (%s, %d transitions, images in [0,%d], %s%s)",
+        "bufconv online buffer: %s (%s, %d transitions, images in [0,%d]%s, %s%s)",
         buffer.path,
         buffer.status,
         len(buffer),
         buffer.image_range,
+        f", depth in {buffer.depth_unit}" if buffer.depth_keys else "",
         f"committed every {commit_interval_s:g} s" if commit_interval_s else "committed at checkpoints only",
         f", {buffer.lost} uncommitted transitions dropped" if buffer.lost else "",
     )
