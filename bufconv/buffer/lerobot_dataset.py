@@ -48,7 +48,8 @@ def buffer_to_lerobot_dataset(
 
     Mirrors `ReplayBuffer.to_lerobot_dataset` of LeRobot: images become `image` features (PNG),
     an episode ends where a transition is done or truncated. Images are written as uint8, so
-    the dataset round-trips through bufconv whatever the buffer's range.
+    the dataset round-trips through bufconv whatever the buffer's range. Depth keys become
+    depth image features (TIFF, `info.is_depth_map`, LeRobot 0.6's form; see `_depth_forms`).
     """
     if len(buffer) == 0:
         raise ValueError("The replay buffer is empty. Cannot convert to a dataset.")
@@ -58,8 +59,15 @@ def buffer_to_lerobot_dataset(
         "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
         "next.done": {"dtype": "bool", "shape": (1,), "names": None},
     }
+    units: dict[str, str] = dict(getattr(buffer, "depth_units", None) or {})  # OfflineBuffer, OnlineBuffer
+    depth = _depth_forms(buffer, units)
     for key, value in first["state"].items():
-        if key in buffer.image_keys:
+        if key in depth:
+            features[key] = {
+                "dtype": "image", "shape": (*value.shape[2:], 1), "names": ["height", "width", "channels"],
+                "info": {"is_depth_map": True, "depth_unit": depth[key]},
+            }  # fmt: skip
+        elif key in buffer.image_keys:
             c, h, w = value.shape[1:]
             features[key] = {"dtype": "image", "shape": (h, w, c), "names": ["height", "width", "channels"]}
         else:
@@ -74,7 +82,9 @@ def buffer_to_lerobot_dataset(
             frame["next.reward"] = batch["reward"][i : i + 1]
             frame["next.done"] = batch["done"][i : i + 1].bool()
             for key, value in batch["state"].items():
-                if key in buffer.image_keys:
+                if key in depth:
+                    frame[key] = _depth_frame(value[i], units[key], depth[key])
+                elif key in buffer.image_keys:
                     pixels = value[i] * 255 if buffer.image_range == 1 else value[i]
                     frame[key] = pixels.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
                 else:
@@ -139,3 +149,31 @@ def _lerobot_version() -> str:
         return metadata.version("lerobot")
     except metadata.PackageNotFoundError:
         return "none"
+
+
+def _depth_forms(buffer: Transitions, units: dict[str, str]) -> dict[str, str]:
+    """The unit each depth key is written in, as LeRobot 0.6's writer records depth: millimetres as
+    uint16 TIFFs, metres as float32 ones. A mm key whose values are all whole millimetres in
+    [0, 65535] (a RealSense's) is written as uint16 mm, exactly; any other as float32 metres
+    (LeRobot reads it back in mm as `x * 1000`: within float32 rounding). Metres stay metres."""
+    whole = {key for key, unit in units.items() if unit == "mm"}
+    for start in range(0, len(buffer), 256):
+        if not whole:
+            break
+        batch = buffer[list(range(start, min(start + 256, len(buffer))))]
+        for key in list(whole):
+            x = batch["state"][key]
+            if not bool(((x == x.round()) & (x >= 0) & (x <= 65535)).all()):
+                whole.discard(key)
+    return {key: "mm" if key in whole else "m" for key in units}
+
+
+def _depth_frame(depth: torch.Tensor, unit: str, written: str) -> Any:
+    """One (1, H, W) float32 depth row in `unit` as the (H, W, 1) array of its TIFF (`_depth_forms`)."""
+    import numpy as np
+
+    from ..ranges import to_unit
+
+    if written == "mm":
+        return depth.permute(1, 2, 0).numpy().astype(np.uint16)
+    return to_unit(depth, unit, "m").permute(1, 2, 0).contiguous().numpy()
