@@ -337,12 +337,12 @@ MM_PER_METRE = 1000.0
 
 _UNIT_MESSAGE = "{key}: declared unit {unit} but the depth values span [{lo:.6g}, {hi:.6g}]: {diagnosis}"
 _FIX_M_IN_MM = (
-    "these look like metres (nothing beyond {split:g}); build the buffer with --depth-unit m, or convert "
-    "them with bufconv.to_unit(x, 'm', 'mm') before they enter"
+    "these look like metres (nothing beyond {split:g}); declare metres (--depth-unit m, depth_unit='m'), "
+    "or convert them with bufconv.to_unit(x, 'm', 'mm') before they enter"
 )
 _FIX_MM_IN_M = (
-    "these look like millimetres (values beyond {split:g}); build the buffer with --depth-unit mm, or "
-    "convert them with bufconv.to_unit(x, 'mm', 'm') before they enter"
+    "these look like millimetres (values beyond {split:g}); declare millimetres (--depth-unit mm, "
+    "depth_unit='mm'), or convert them with bufconv.to_unit(x, 'mm', 'm') before they enter"
 )
 _FIX_NEGATIVE_DEPTH = "negative values: depth is a distance; these are normalised or not depth at all"
 

@@ -486,3 +486,28 @@ def test_export_of_the_offline_buffer_keeps_depth(tmp_path: Path) -> None:
     got = torch.stack([back[i][DEPTH] for i in range(len(back))])
     assert torch.equal(got, buffer[list(range(len(buffer)))]["state"][DEPTH])
     assert np.asarray(got).max() > 1000  # millimetres
+
+
+def test_the_offline_buffers_added_depth_is_unit_checked_and_kept_in_its_unit(tmp_path: Path) -> None:
+    """An intervention added to an RGB-D cache in mm: metres refused (nothing added), mm kept through
+    its folder; the same folder under a cache rebuilt in metres is refused in one line."""
+    root = write_rgbd(tmp_path / "dataset", "uint16")
+    added = tmp_path / "added"
+    buffer = bufconv.load_or_build(root, tmp_path / "c.pt", depth_unit="mm", use_drq=False, added_path=added)
+    rows = buffer[[0]]
+    state = {k: v[0] for k, v in rows["state"].items()}
+    in_metres = dict(state, **{DEPTH: state[DEPTH] / 1000})
+    with pytest.raises(bufconv.UnitMismatchError, match=DEPTH):
+        buffer.add(in_metres, rows["action"][0], 1.0, state, False, False)
+    assert len(buffer) == buffer.dataset_transitions  # nothing added
+    buffer.add(state, rows["action"][0], 1.0, state, False, False)
+    buffer.checkpoint()
+    buffer.close()
+    manifest = json.loads((added / "manifest.json").read_text())
+    assert manifest["depth"][DEPTH]["unit"] == "mm" and manifest["keys"]["depth"] == [DEPTH]
+    again = bufconv.load_or_build(root, tmp_path / "c.pt", depth_unit="mm", use_drq=False, added_path=added)
+    assert len(again) == again.dataset_transitions + 1
+    assert torch.equal(again[[len(again) - 1]]["state"][DEPTH], rows["state"][DEPTH])
+    again.close()
+    with pytest.raises(bufconv.BufconvError, match="another --depth-unit"):
+        bufconv.load_or_build(root, tmp_path / "m.pt", depth_unit="m", use_drq=False, added_path=added)

@@ -145,7 +145,7 @@ class OfflineBuffer:
             self._depth,
         )
         self._store = TransitionStore(capacity, self._added_schema(), self.storage_device)
-        self._rows = RowMaker(self.state_keys, self.image_range)
+        self._rows = RowMaker(self.state_keys, self.image_range, self.depth_units)
         self.lost = 0
         self.folder: Folder | None = None
         self.commits: Commits | None = None
@@ -172,14 +172,31 @@ class OfflineBuffer:
     def _open_added(self, added_path: str | os.PathLike[str]) -> None:
         self.folder = Folder(added_path, "offline-added")
         weakref.finalize(self, self.folder.close)
+        # The added rows' depth units, recorded as the online buffer records them (format.md section 10)
+        depth = {
+            k: {"unit": u, "stored": "float32", "dtype": "float32", "source_unit": u}
+            for k, u in self.depth_units.items()
+        }
         if not self.folder.exists:
             self.folder.start(self._store, capacity=self.capacity, image_range=self.image_range,
                               state_keys=self.state_keys, image_keys=self.image_keys)  # fmt: skip
+            if depth:
+                assert self.folder.manifest is not None
+                self.folder.manifest["keys"]["depth"] = list(depth)
+                self.folder.manifest["depth"] = depth
             return
         store, self.lost, warnings = self.folder.resume(self.capacity, self.storage_device)
         for warning in warnings:
             log.warning("resuming %s: %s", self.folder.path, warning)
         saved = self.folder.manifest or {}
+        saved_units = {k: v.get("unit") for k, v in (saved.get("depth") or {}).items()}
+        if store is not None and saved_units != self.depth_units:
+            self.folder.close()
+            raise BufconvError(
+                f"{self.folder.path}: holds added depth in {saved_units or 'no unit (no depth keys)'}, "
+                f"not {self.depth_units}: the cache was rebuilt in another --depth-unit; move the folder away, "
+                "or build the cache in the folder's unit"
+            )
         if store is not None and (
             store.schema != self._store.schema or saved.get("image_range") != self.image_range
         ):
