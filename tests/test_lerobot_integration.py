@@ -292,7 +292,8 @@ def test_learner_entry_point_runs_lerobot_train_cli_with_the_drop_in(monkeypatch
     )
     _restore_learner_after_test(monkeypatch, lerobot_learner)
     main()
-    assert seen == [initialize_offline_replay_buffer]
+    assert [f.func for f in seen] == [initialize_offline_replay_buffer]
+    assert seen[0].keywords == {"commit_interval_s": 1.0}  # the default: every second
 
 
 # ---------------------------------------------------------------------------------------------
