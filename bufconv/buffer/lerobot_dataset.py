@@ -97,6 +97,34 @@ def buffer_to_lerobot_dataset(
     return writer.close()
 
 
+def _depth_forms(buffer: Transitions, units: dict[str, str]) -> dict[str, str]:
+    """The unit each depth key is written in, as LeRobot 0.6's writer records depth: millimetres as
+    uint16 TIFFs, metres as float32 ones. A mm key whose values are all whole millimetres in
+    [0, 65535] (a RealSense's) is written as uint16 mm, exactly; any other as float32 metres
+    (LeRobot reads it back in mm as `x * 1000`: within float32 rounding). Metres stay metres."""
+    whole = {key for key, unit in units.items() if unit == "mm"}
+    for start in range(0, len(buffer), 256):
+        if not whole:
+            break
+        batch = buffer[list(range(start, min(start + 256, len(buffer))))]
+        for key in list(whole):
+            x = batch["state"][key]
+            if not bool(((x == x.round()) & (x >= 0) & (x <= 65535)).all()):
+                whole.discard(key)
+    return {key: "mm" if key in whole else "m" for key in units}
+
+
+def _depth_frame(depth: torch.Tensor, unit: str, written: str) -> Any:
+    """One (1, H, W) float32 depth row in `unit` as the (H, W, 1) array of its TIFF (`_depth_forms`)."""
+    import numpy as np
+
+    from ..ranges import to_unit
+
+    if written == "mm":
+        return depth.permute(1, 2, 0).numpy().astype(np.uint16)
+    return to_unit(depth, unit, "m").permute(1, 2, 0).contiguous().numpy()
+
+
 class _Writer:
     """The installed LeRobot's `LeRobotDataset` writer, called as that release wants."""
 
@@ -149,31 +177,3 @@ def _lerobot_version() -> str:
         return metadata.version("lerobot")
     except metadata.PackageNotFoundError:
         return "none"
-
-
-def _depth_forms(buffer: Transitions, units: dict[str, str]) -> dict[str, str]:
-    """The unit each depth key is written in, as LeRobot 0.6's writer records depth: millimetres as
-    uint16 TIFFs, metres as float32 ones. A mm key whose values are all whole millimetres in
-    [0, 65535] (a RealSense's) is written as uint16 mm, exactly; any other as float32 metres
-    (LeRobot reads it back in mm as `x * 1000`: within float32 rounding). Metres stay metres."""
-    whole = {key for key, unit in units.items() if unit == "mm"}
-    for start in range(0, len(buffer), 256):
-        if not whole:
-            break
-        batch = buffer[list(range(start, min(start + 256, len(buffer))))]
-        for key in list(whole):
-            x = batch["state"][key]
-            if not bool(((x == x.round()) & (x >= 0) & (x <= 65535)).all()):
-                whole.discard(key)
-    return {key: "mm" if key in whole else "m" for key in units}
-
-
-def _depth_frame(depth: torch.Tensor, unit: str, written: str) -> Any:
-    """One (1, H, W) float32 depth row in `unit` as the (H, W, 1) array of its TIFF (`_depth_forms`)."""
-    import numpy as np
-
-    from ..ranges import to_unit
-
-    if written == "mm":
-        return depth.permute(1, 2, 0).numpy().astype(np.uint16)
-    return to_unit(depth, unit, "m").permute(1, 2, 0).contiguous().numpy()
