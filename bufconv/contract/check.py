@@ -106,9 +106,7 @@ def facts_of_dataset(
         try:
             transform = frame_transform(name, (height, width), options)
         except DatasetError as e:
-            report.add(
-                E.CROP_MISMATCH, f"{e.message} (the config's env.processor.image_preprocessing)", key=name
-            )
+            report.add(E.CROP_MISMATCH, f"{e.message} (the config's {config.preprocessing_field})", key=name)
             transform = None
         shapes[name] = (channels, *(transform.output_hw if transform else (height, width)))
     for key in config.crop:
@@ -158,7 +156,7 @@ def _check_shapes(data: DataFacts, config: TrainingConfig, report: CheckReport) 
         if key in data.image_keys:
             fix = (
                 f"build with --resize {expected.shape[-2]},{expected.shape[-1]} "
-                f"(env.processor.image_preprocessing.resize_size), or change the policy's input features"
+                f"({config.preprocessing_field}.resize_size), or change the policy's input features"
             )
         report.add(
             E.SHAPE_MISMATCH,
@@ -186,7 +184,10 @@ def _check_depth_units(data: DataFacts, config: TrainingConfig, report: CheckRep
 def _check_range(data: DataFacts, config: TrainingConfig, report: CheckReport) -> None:
     if data.ranges is None:
         return  # a dataset: the learner drop-in builds it in the config's range
+    taken = set(config.image_keys)
     for key, declared in data.ranges.items():
+        if taken and key not in taken:
+            continue  # a camera the policy does not take: its range reaches no encoder
         if declared != config.image_range:
             report.add(
                 E.RANGE_MISMATCH,
@@ -205,8 +206,8 @@ def _check_crop(data: DataFacts, config: TrainingConfig, report: CheckReport) ->
             found, expected = data.crop.get(key), config.crop.get(key)
             report.add(
                 E.CROP_MISMATCH,
-                f"{key}: the cache was cropped {format_crop(found) if found else 'not at all'}, the config's env "
-                f"processor crops {format_crop(expected) if expected else 'nothing'} (top,left,height,width); the "
+                f"{key}: the cache was cropped {format_crop(found) if found else 'not at all'}, the config's "
+                f"{config.preprocessing_field} crops {format_crop(expected) if expected else 'nothing'} (top,left,height,width); the "
                 "live and offline images differ: rebuild with the config's --crop",
                 key=key, expected=list(expected) if expected else None, found=list(found) if found else None,
             )  # fmt: skip
@@ -214,7 +215,7 @@ def _check_crop(data: DataFacts, config: TrainingConfig, report: CheckReport) ->
         report.add(
             E.CROP_MISMATCH,
             f"the cache was resized to {'x'.join(map(str, data.resize)) if data.resize else 'nothing'}, the config's "
-            f"env processor resizes to {'x'.join(map(str, config.resize)) if config.resize else 'nothing'}; "
+            f"{config.preprocessing_field} resizes to {'x'.join(map(str, config.resize)) if config.resize else 'nothing'}; "
             "rebuild with the config's --resize",
             expected=list(config.resize) if config.resize else None,
             found=list(data.resize) if data.resize else None,
@@ -302,16 +303,26 @@ def _check_gripper(data: DataFacts, config: TrainingConfig, report: CheckReport)
         )
 
 
+def _clamp_advice(config: TrainingConfig) -> str:
+    """What to do about the crop/resize clamp at range 255, in the words of the config's layout."""
+    if config.preprocessing_field == "env.wrapper":  # 0.3.x: gym wrappers, no processor steps
+        return (
+            f"{config.preprocessing_field}.resize_size makes LeRobot's ImageCropResizeWrapper resize images, which "
+            "clamps to [0,1], and the policy wants [0,255]: run the actor as python -m bufconv.lerobot.actor, "
+            "which converts images to [0,255] after the env's last wrapper (bufconv.lerobot.wrappers); "
+            "converting them before that wrapper flattens every pixel to 1"
+        )
+    return (
+        "the env processor resizes images with LeRobot's ImageCropResizeProcessorStep, which clamps to "
+        "[0,1], and the policy wants [0,255]: put ImageRangeProcessorStep(image_range=255) after that "
+        "step in the actor's pipeline (check the pipeline itself with --processor)"
+    )
+
+
 def _check_steps(config: TrainingConfig, report: CheckReport) -> None:
     if config.steps is None:
         if config.resize is not None and config.image_range == 255:
-            report.add(
-                E.CLAMP_BEFORE_RANGE,
-                "the env processor resizes images with LeRobot's ImageCropResizeProcessorStep, which clamps to "
-                "[0,1], and the policy wants [0,255]: put ImageRangeProcessorStep(image_range=255) after that "
-                "step in the actor's pipeline (check the pipeline itself with --processor)",
-                WARNING,
-            )
+            report.add(E.CLAMP_BEFORE_RANGE, _clamp_advice(config), WARNING)
         return
     for i, step in enumerate(config.steps):
         if step.range_out != 255:

@@ -9,7 +9,8 @@ attributes). The fields read, all optional:
 - the image range: `image_range` / `policy.image_range`, a self-normalising encoder flag
   (`policy.normalise_inputs`, ...), else 1 (LeRobot's [0,1]);
 - `env.fps`;
-- `env.processor.image_preprocessing.crop_params_dict` / `resize_size`;
+- `env.processor.image_preprocessing.crop_params_dict` / `resize_size` (0.4+), else
+  `env.wrapper.crop_params_dict` / `resize_size` (0.3.x: its `ImageCropResizeWrapper`);
 - `env.processor.inverse_kinematics.end_effector_bounds` (`{"min": [x, y, z], "max": [...]}`);
 - the gripper: `policy.num_discrete_actions`, `env.processor.gripper.use_gripper`, `env.robot`,
   `policy.dataset_stats["action"]`;
@@ -43,6 +44,9 @@ ROBOT_GRIPPER_VALUES = (0.0, 1.0, 2.0)
 #: LeRobot's SAC policy types (0.3.x `sac`, 0.6.x `gaussian_actor`): absent normalization fields take
 #: their defaults, MEAN_STD on ImageNet stats under `observation.image`.
 LEROBOT_SAC_TYPES = ("sac", "gaussian_actor")
+
+#: Where crop/resize live, newest layout first: 0.4+'s env processor, 0.3.x's gym wrapper config.
+PREPROCESSING_FIELDS = (("env", "processor", "image_preprocessing"), ("env", "wrapper"))
 
 #: The registry name of bufconv's reward classifier step (`bufconv.lerobot.classifier`).
 CLASSIFIER_STEP = "bufconv_reward_classifier"
@@ -139,6 +143,9 @@ class TrainingConfig:
     depth_unit: str = "mm"
     """The unit depth keys are read in: `dataset.depth_output_unit` (LeRobot 0.6.1's default "mm")."""
     depth_unit_because: str = "LeRobot's default dataset.depth_output_unit"
+    preprocessing_field: str = ".".join(PREPROCESSING_FIELDS[0])
+    """Where the config holds crop/resize (`env.processor.image_preprocessing` or, 0.3.x, `env.wrapper`),
+    for messages."""
 
     @property
     def image_keys(self) -> list[str]:
@@ -292,6 +299,17 @@ def _normalizers(cfg: Any, features: dict[str, ExpectedFeature]) -> dict[str, No
         raise ConfigError(f"policy: {e}") from e
 
 
+def _preprocessing(cfg: Any) -> tuple[Any, str]:
+    """The config's crop/resize section and its dotted name: the first of `PREPROCESSING_FIELDS`
+    the config has (a 0.3.x config has no `env.processor`; its `ImageCropResizeWrapper` reads
+    `env.wrapper`), else (None, the newest name)."""
+    for path in PREPROCESSING_FIELDS:
+        section = get(cfg, *path)
+        if section is not None:
+            return section, ".".join(path)
+    return None, ".".join(PREPROCESSING_FIELDS[0])
+
+
 def read_config(config: Any, *, image_range: int | None = None, processor: Any = None) -> TrainingConfig:
     """What `config` expects of the data.
 
@@ -311,7 +329,7 @@ def read_config(config: Any, *, image_range: int | None = None, processor: Any =
         raise ConfigError(f"{source}: {e}") from e
     features = _features(cfg)
     action = features.get("action")
-    preprocessing = get(cfg, "env", "processor", "image_preprocessing")
+    preprocessing, preprocessing_field = _preprocessing(cfg)
     crops = get(preprocessing, "crop_params_dict") or {}
     resize = get(preprocessing, "resize_size")
     fps = get(cfg, "env", "fps") if get(cfg, "env") is not None else None
@@ -336,6 +354,7 @@ def read_config(config: Any, *, image_range: int | None = None, processor: Any =
             normalizers=_normalizers(cfg, features),
             classifier_path=None if classifier is None else str(classifier),
             depth_unit=depth_unit or "mm",
+            preprocessing_field=preprocessing_field,
             depth_unit_because=(
                 "dataset.depth_output_unit" if depth_unit else "LeRobot's default dataset.depth_output_unit"
             ),
