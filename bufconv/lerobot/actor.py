@@ -19,6 +19,14 @@ Four things differ from LeRobot's own actor:
   queue, and the message that was in flight is sent again: each transitions message is its own
   call, acknowledged by its reply (`bufconv.lerobot.delivery`; what can still be lost is said there).
 
+On LeRobot 0.3.x (`lerobot.scripts.rl.actor`), which has no processor steps, the first point is
+done with a gym wrapper: `make_robot_env` (as the actor module imported it) is wrapped so that the
+env it returns delivers images in `image_range`, after `ImageCropResizeWrapper` and its clamp
+(`bufconv.lerobot.wrappers`); a reward classifier there is one of LeRobot's wrappers inside that env,
+given its [0,1] images whatever the range (`--bufconv.classifier_input` changes nothing). The guard
+finds 0.3.x's `SACObservationEncoder.image_encoder` as 0.4+'s, after the policy's own normalizer.
+Its `send_transitions` has 0.6.1's signature and stream: reconnecting and delivery apply unchanged.
+
 Options as for the learner (`bufconv.lerobot.entry`): `--bufconv.image_range`, `--bufconv.guard`,
 `--bufconv.hook`; and `--bufconv.classifier_input=trained|lerobot`.
 """
@@ -126,9 +134,14 @@ def install(
         from .compat import import_first
 
         module = import_first(ACTOR_MODULES, "the LeRobot actor")
-    if not hasattr(module, "make_processors"):
-        raise ImportError(f"{module.__name__} has no make_processors to extend")
-    module.make_processors = with_range_step(module.make_processors, image_range, classifier_input)
+    if hasattr(module, "make_processors"):  # 0.4+: processor pipelines
+        module.make_processors = with_range_step(module.make_processors, image_range, classifier_input)
+    elif hasattr(module, "make_robot_env"):  # 0.3.x: gym wrappers
+        from .wrappers import with_range_wrapper
+
+        module.make_robot_env = with_range_wrapper(module.make_robot_env, image_range)
+    else:
+        raise ImportError(f"{module.__name__} has neither make_processors nor make_robot_env to extend")
     if guard and hasattr(module, "make_policy"):
         module.make_policy = guarded_make_policy(module.make_policy, image_range)
     if reconnect:

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..options import validate_range
-from ..ranges import check_range, to_range
 from .compat import processor_step_api
 from .releases import installed_version
+from .wrappers import convert_images
 
-_IMAGE_PREFIX = "observation.image"
 _api = processor_step_api()
 
 
@@ -25,8 +24,8 @@ def _no_pipelines() -> ImportError:
         f"ImageRangeProcessorStep is a step of LeRobot's processor pipelines (ObservationProcessorStep, "
         f"LeRobot 0.4 and later); the installed LeRobot {installed_version()} has none: its RL actor "
         "processes observations with gym wrappers (lerobot.scripts.rl.gym_manipulator.make_robot_env). "
-        "Put live images in the buffer's range after its last image wrapper (ImageCropResizeWrapper) with "
-        "bufconv.to_range(image, 1, image_range) and bufconv.check_range, or use LeRobot 0.4 or later"
+        "Run the actor as python -m bufconv.lerobot.actor (or bufconv.lerobot.actor.install), which wraps "
+        "the env it makes in bufconv.lerobot.wrappers.ImageRangeWrapper, after ImageCropResizeWrapper"
     )
 
 
@@ -63,15 +62,7 @@ else:
             self.input_range = validate_range(self.input_range)
 
         def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
-            out = dict(observation)
-            for key, value in observation.items():
-                if key.startswith(_IMAGE_PREFIX) and hasattr(value, "dtype"):
-                    check_range(
-                        value, 255 if str(value.dtype) == "torch.uint8" else self.input_range, name=key
-                    )
-                    out[key] = to_range(value, self.input_range, self.image_range)
-                    check_range(out[key], self.image_range, name=key)
-            return out
+            return convert_images(observation, self.input_range, self.image_range)
 
         def get_config(self) -> dict[str, Any]:
             return {"image_range": self.image_range, "input_range": self.input_range}
