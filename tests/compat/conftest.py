@@ -13,8 +13,17 @@ def pytest_report_header() -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`@pytest.mark.fails_on("0.3.3", reason=...)`: expected to fail on that release, said in the report."""
+    """`@pytest.mark.fails_on("0.3.3", reason=...)`: expected to fail on that release, said in the report.
+    `@pytest.mark.only_on("0.3.3", reason=...)`: what only that release has; on the others a skip
+    whose reason the report shows (`-ra`), never a silent one."""
     for item in items:
+        for mark in item.iter_markers("only_on"):
+            if VERSION not in mark.args:
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"LeRobot {VERSION}: applies to {', '.join(mark.args)} only: {mark.kwargs['reason']}"
+                    )
+                )
         for mark in item.iter_markers("fails_on"):
             if mark.args[0] == VERSION:
                 item.add_marker(
