@@ -401,22 +401,3 @@ def test_a_row_maker_on_a_store_of_its_own() -> None:
     assert torch.equal(out[f"next_state/{FRONT}"][1], as_uint8(c[FRONT], 1))
     assert torch.equal(out[f"state/{FRONT}"][1], as_uint8(b[FRONT], 1))
     assert float(out["complementary_info/discrete_penalty"][1]) == 1.0
-
-
-def test_prefault_maps_pages_ahead_without_changing_a_byte() -> None:
-    """The thread that faults in the ring slots the next frames go to never writes: a tensor's
-    bytes are the same after it served a request over all of them."""
-    import time
-
-    from bufconv.buffer import store as st
-
-    rows = torch.randint(0, 256, (64, 1 << 16), dtype=torch.uint8)
-    expected = rows.clone()
-    served = st._PREFAULT.served
-    st._PREFAULT.request(rows, 0, len(rows))
-    deadline = time.monotonic() + 30
-    while st._PREFAULT.served == served:
-        assert time.monotonic() < deadline, "the prefault thread served nothing"
-        time.sleep(0.01)
-    assert torch.equal(rows, expected)
-    assert st._PREFAULT.enabled, "madvise(MADV_POPULATE_WRITE) refused: a kernel before 5.14"

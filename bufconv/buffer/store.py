@@ -15,13 +15,9 @@ persists (`bufconv.cache.segments`), so a resumed buffer is the same buffer.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import math
-import os
-import queue
 import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -272,12 +268,6 @@ class TransitionStore:
             for tensor in self.frames.values():
                 _dont_need(tensor, g0, g1)
         self._released = self.first_frame
-        # The slots the next frames go to were handed back by an earlier release: fault them in
-        # now, on another thread, instead of one page at a time inside the coming adds.
-        ahead = max(1, 2 * _RELEASE_BYTES // row_bytes)
-        for g0, g1 in _slot_runs(self.end_frame, self.end_frame + ahead, self.frame_capacity):
-            for tensor in self.frames.values():
-                _PREFAULT.request(tensor, g0, g1)
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -391,59 +381,7 @@ def _load_madvise() -> Any:
 
 _madvise = _load_madvise()
 _MADV_DONTNEED = 4
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in, writable, without touching their bytes
 _PAGE = 4096
-
-
-def _page_span(tensor: torch.Tensor, first_row: int, end_row: int) -> tuple[int, int]:
-    """The whole pages inside rows [first_row, end_row) of a contiguous tensor, as (start, length)."""
-    row_bytes = math.prod(tensor.shape[1:]) * tensor.element_size()
-    start = -(-(tensor.data_ptr() + first_row * row_bytes) // _PAGE) * _PAGE
-    end = (tensor.data_ptr() + end_row * row_bytes) // _PAGE * _PAGE
-    return start, max(0, end - start)
-
-
-class _Prefaulter:
-    """One daemon thread that faults in the pages of ring slots the next frames will be written to
-    (handed back to the OS by `_release`), so that `add` does not take those page faults itself
-    (50-60 us an add at two 128x128 cameras). `madvise` through ctypes releases the GIL, and
-    MADV_POPULATE_WRITE never changes a byte: it only maps pages. A request the thread has no
-    time for is dropped (the adds then fault as without it); a kernel without the advice turns
-    it off."""
-
-    def __init__(self) -> None:
-        self.enabled = _madvise is not None
-        self._queue: queue.Queue[tuple[torch.Tensor, int, int]] = queue.Queue(maxsize=16)
-        self._pid = 0  # the process whose thread serves the queue (a forked child starts its own)
-        self.served = 0  # requests done
-        self._lock = threading.Lock()
-
-    def request(self, tensor: torch.Tensor, first_row: int, end_row: int) -> None:
-        if not self.enabled or not tensor.is_contiguous():
-            return
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._queue = queue.Queue(maxsize=16)
-                    threading.Thread(
-                        target=self._run, args=(self._queue,), name="bufconv-prefault", daemon=True
-                    ).start()
-                    self._pid = os.getpid()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait((tensor, first_row, end_row))
-
-    def _run(self, requests: queue.Queue[tuple[torch.Tensor, int, int]]) -> None:
-        assert _madvise is not None
-        while True:
-            tensor, first_row, end_row = requests.get()
-            start, length = _page_span(tensor, first_row, end_row)
-            if length and _madvise(start, length, _MADV_POPULATE_WRITE) != 0:
-                self.enabled = False  # EINVAL: a kernel before 5.14
-            del tensor
-            self.served += 1
-
-
-_PREFAULT = _Prefaulter()
 
 
 def _dont_need(tensor: torch.Tensor, first_row: int, end_row: int) -> None:
@@ -453,9 +391,13 @@ def _dont_need(tensor: torch.Tensor, first_row: int, end_row: int) -> None:
     """
     if _madvise is None or not tensor.is_contiguous():
         return
-    start, length = _page_span(tensor, first_row, end_row)
-    if length:
-        _madvise(start, length, _MADV_DONTNEED)
+    row_bytes = math.prod(tensor.shape[1:]) * tensor.element_size()
+    start = tensor.data_ptr() + first_row * row_bytes
+    end = tensor.data_ptr() + end_row * row_bytes
+    start = -(-start // _PAGE) * _PAGE
+    end = end // _PAGE * _PAGE
+    if end > start:
+        _madvise(start, end - start, _MADV_DONTNEED)
 
 
 def schema_for(
