@@ -5,9 +5,12 @@
 #   scripts/compat.sh 0.3.3 0.6.1  those releases
 #   --verbose                      show what pip and pytest print (by default only when a step fails)
 # Each venv is .venv-lerobot-<release> (gitignored): the release, bufconv from this working tree
-# (editable, with its `lerobot` extra) and pytest. A venv whose marker file records the same
-# requirement, Python and pyproject.toml is reused as it is; any other is made anew (pip's cache
-# serves what was downloaded before). Then tests/compat runs in it, with its own pytest.ini.
+# (editable, with its `lerobot` extra) and pytest, installed by uv (the dev extra has it): uv
+# unpacks each wheel once into its cache and hardlinks it into every venv, so 0.4.4 and 0.5.1,
+# which resolve the same torch, hold it once on disk (about 6 GB: torch and its CUDA libraries),
+# and nothing is kept in two forms (pip holds a download beside its unpacked copy until the
+# install ends). A venv whose marker file records the same requirement, Python and pyproject.toml
+# is reused as it is; any other is made anew. Then tests/compat runs in it, with its own pytest.ini.
 # One line per release (tests passed, set-up and test seconds), then a total; exit 1 if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +59,20 @@ fingerprint() {  # what a reusable venv must have been made from
   echo "pyproject=$(sha256sum pyproject.toml | cut -d' ' -f1)"
 }
 
+# uv on PATH, else the dev venv's (scripts/setup.sh --dev installs it).
+uv="$(command -v uv || true)"
+[[ -n "$uv" ]] || { [[ -x .venv/bin/uv ]] && uv=.venv/bin/uv; }
+[[ -n "$uv" ]] || { echo "compat: uv not found (PATH, .venv/bin): scripts/setup.sh --dev installs it" >&2; exit 1; }
+
+# pip's --report as constraints for uv: every package pip chose, at the version it chose.
+pins='import json, sys
+for item in json.load(open(sys.argv[1]))["install"]:
+    meta = item["metadata"]
+    if not item["download_info"].get("dir_info", {}).get("editable"):
+        print(meta["name"] + "==" + meta["version"])'
+
+free_gib() { df -Pk "$1" | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }'; }
+
 # Make (or reuse) the venv of one release. Prints "new" or "reused".
 setup() {
   local version="$1" python_version="$2" requirement="$3" venv=".venv-lerobot-$1" base log
@@ -67,19 +84,29 @@ setup() {
     echo reused; return
   fi
   rm -rf "$venv"
-  "$base" -m venv "$venv" || return 1
-  log="$venv/setup.log"
-  # pip checks what it resolved (`pip check`), and an extra that the release lacks fails the set-up:
+  log="$(mktemp -t bufconv-compat.XXXXXX)"
+  # pip resolves (what `pip install bufconv[lerobot] lerobot==X` gives a user: uv's own resolver
+  # can pick other versions, e.g. numpy 2.5 with 0.4.4, whose writer then fails), uv installs
+  # exactly that, and checks it (`uv pip check`). An extra that the release lacks fails the set-up:
   # `pip install bufconv[lerobot]` must install cleanly on every release.
-  if ! { "$venv/bin/python" -m pip install --upgrade pip \
-         && "$venv/bin/python" -m pip install "$requirement" -e ".[lerobot]" "pytest>=8" \
-         && "$venv/bin/python" -m pip check; } >"$log" 2>&1 \
+  if ! { "$uv" venv --quiet --seed --python "$base" "$venv" \
+         && "$venv/bin/python" -m pip install --quiet --dry-run --report "$venv/resolved.json" \
+              "$requirement" -e ".[lerobot]" "pytest>=8" \
+         && "$venv/bin/python" -c "$pins" "$venv/resolved.json" >"$venv/resolved.txt" \
+         && "$uv" pip install --python "$venv/bin/python" --constraint "$venv/resolved.txt" \
+              "$requirement" -e ".[lerobot]" "pytest>=8" \
+         && "$uv" pip check --python "$venv/bin/python"; } >"$log" 2>&1 \
      || grep -E "WARNING: (lerobot|bufconv) [^ ]+ does not provide the extra" "$log" >&2; then
-    grep -v "^WARNING: Location 'file:" "$log" | tail -30 >&2
-    echo "compat: LeRobot $version: set-up failed (all of it in $log)" >&2
+    tail -30 "$log" >&2
+    if grep -q "No space left on device" "$log"; then
+      echo "compat: LeRobot $version: the disk is full ($(free_gib .) GiB free here): a new release venv needs about 7 GB (torch and its CUDA libraries), 0.4.4 and 0.5.1 share one; free some, or remove old .venv-lerobot-* and $("$uv" cache dir)" >&2
+    fi
+    mkdir -p "$venv" && mv "$log" "$venv/setup.log"
+    echo "compat: LeRobot $version: set-up failed (all of it in $venv/setup.log)" >&2
     return 1
   fi
-  if [[ $verbose == 1 ]]; then grep -v "^WARNING: Location 'file:" "$log" >&2; fi
+  if [[ $verbose == 1 ]]; then cat "$log" >&2; fi
+  mv "$log" "$venv/setup.log"
   fingerprint "$requirement" "$base" >"$venv/.bufconv-compat"
   echo new
 }
@@ -89,7 +116,7 @@ total_failed=0
 summary=()
 while read -r version python_version requirement layout; do
   start=$SECONDS
-  echo "compat: LeRobot $version (Python $python_version, $layout): setting up .venv-lerobot-$version"
+  echo "compat: LeRobot $version (Python $python_version, $layout): setting up .venv-lerobot-$version ($(free_gib .) GiB free)"
   if ! how="$(setup "$version" "$python_version" "$requirement")"; then
     summary+=("compat: LeRobot $version: set-up failed after $((SECONDS - start)) s")
     total_failed=$((total_failed + 1))
