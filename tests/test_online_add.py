@@ -15,6 +15,7 @@ from streams import FRONT, STATE, WRIST, stream
 
 from bufconv.buffer.online import OnlineBuffer
 from bufconv.errors import RangeMismatchError
+from bufconv.ranges import _SLACK as SLACK
 from bufconv.ranges import check_range, to_uint8
 
 KEYS = (FRONT, WRIST, STATE)
@@ -229,9 +230,11 @@ def test_a_refused_state_after_a_refused_next_state_is_still_checked() -> None:
 def test_both_ranges_store_to_uint8_of_the_inputs(image_range: int) -> None:
     g = torch.Generator().manual_seed(6)
     obs = [observation(g, image_range) for _ in range(8)]
-    # Halves: round half to even, as to_uint8 does.
-    halves = torch.tensor([0.5, 1.5, 2.5, 3.5, 254.5, 127.5, 0.0, 255.0])
-    obs[3][FRONT].view(-1)[:8] = halves / (255.0 if image_range == 1 else 1.0)
+    # Halves: round half to even, as to_uint8 does; and the slack the check allows at both ends.
+    scale = 255.0 if image_range == 1 else 1.0
+    halves = torch.tensor([0.5, 1.5, 2.5, 3.5, 254.5, 127.5, 0.0, 255.0, 0.49, 254.51])
+    obs[3][FRONT].view(-1)[:10] = halves / scale
+    obs[4][FRONT].view(-1)[:2] = torch.tensor([-0.9 * SLACK, (1 + 0.9 * SLACK) * 255 / scale])
     buffer = OnlineBuffer(capacity=5, image_range=image_range, use_drq=False)
     for n in range(7):
         buffer.add(**transition(obs[n], obs[n + 1], n))
@@ -321,24 +324,39 @@ def test_next_state_none_and_episode_ends() -> None:
     assert torch.equal(stored(buffer, "state", FRONT)[3], as_uint8(obs[3][FRONT], 1))
 
 
-def test_a_small_ring_keeps_its_frames_when_retired_memory_is_given_back() -> None:
-    """Frames of a tiny ring (capacity 10, 22 slots) outlive a release of retired frames' memory:
-    slots a newer frame took are not handed back (they would read as zeros after)."""
+def test_the_frame_ring_grows_for_short_episodes_and_keeps_every_frame() -> None:
+    """Episodes of one transition (two frames each) outgrow the ring's first size (capacity 10:
+    12 slots); it grows, at most to 2 * capacity + 2, and every kept frame reads back after each
+    add, on both sides of each growth, and with the ring wrapping afterwards."""
     g = torch.Generator().manual_seed(11)
-    shape = (1, 3, 128, 128)  # big frames: a release (8 MB) every ~170 transitions
-    obs = [observation(g, 1, shape) for _ in range(201)]
+    obs = [observation(g, 1, (1, 3, 24, 32)) for _ in range(121)]
     buffer = OnlineBuffer(capacity=10, image_range=1, use_drq=False)
-    releases = 0
-    for n in range(200):
-        released = buffer._store._released if buffer._store is not None else 0
-        buffer.add(**transition(obs[n], obs[n + 1], n))
-        if buffer._store._released != released:
-            releases += 1
-            for i in range(len(buffer)):
-                m = n - len(buffer) + 1 + i
-                assert torch.equal(stored(buffer, "state", FRONT)[i], as_uint8(obs[m][FRONT], 1)), (n, m)
-                assert torch.equal(stored(buffer, "next_state", FRONT)[i], as_uint8(obs[m + 1][FRONT], 1))
-    assert releases == 1
+    sizes = set()
+    for n in range(60):
+        state, next_state = obs[2 * n], obs[2 * n + 1]
+        buffer.add(**transition(state, next_state, n, done=True))
+        store = buffer._store
+        assert store is not None
+        sizes.add(store.frame_capacity)
+        for i in range(len(buffer)):
+            m = n - len(buffer) + 1 + i
+            assert torch.equal(stored(buffer, "state", FRONT)[i], as_uint8(obs[2 * m][FRONT], 1)), (n, m)
+            assert torch.equal(stored(buffer, "next_state", FRONT)[i], as_uint8(obs[2 * m + 1][FRONT], 1))
+    assert min(sizes) == 12 and max(sizes) == 22 and store.ring == len(sizes) - 1 >= 2, sizes
+
+
+def test_a_full_ring_is_written_over_in_place() -> None:
+    """Long episodes (50 transitions): the frame ring keeps its first size (capacity + 1/16 + 2)
+    through four wraps of the buffer, so a steady-state add writes into memory already in use."""
+    g = torch.Generator().manual_seed(12)
+    obs = [observation(g, 1) for _ in range(8)]
+    buffer = OnlineBuffer(capacity=160, image_range=1, use_drq=False)
+    for n in range(800):
+        buffer.add(**transition(obs[n % 8], obs[(n + 1) % 8], n, done=n % 50 == 49))
+    store = buffer._store
+    assert store is not None
+    assert (store.frame_capacity, store.ring) == (160 + 10 + 2, 0)
+    assert torch.equal(stored(buffer, "next_state", FRONT)[-1], as_uint8(obs[800 % 8][FRONT], 1))
 
 
 def test_the_same_stream_gives_lerobots_transitions() -> None:
@@ -401,3 +419,29 @@ def test_a_row_maker_on_a_store_of_its_own() -> None:
     assert torch.equal(out[f"next_state/{FRONT}"][1], as_uint8(c[FRONT], 1))
     assert torch.equal(out[f"state/{FRONT}"][1], as_uint8(b[FRONT], 1))
     assert float(out["complementary_info/discrete_penalty"][1]) == 1.0
+
+
+def test_a_row_placed_before_the_ring_grows_is_stored() -> None:
+    """A frame converted into a free slot, then the ring grows before `add` takes it: the row's
+    views still hold the pixels (old memory), and `add` copies them into the new ring."""
+    from bufconv.buffer.store import TransitionStore, schema_for
+
+    g = torch.Generator().manual_seed(13)
+    obs = [observation(g) for _ in range(8)]
+    rows = [{k: v[0].numpy() if k == STATE else to_uint8(v[0], 1).numpy() for k, v in o.items()} for o in obs]
+    schema = schema_for({k: v[0] for k, v in obs[0].items()}, torch.zeros(4), {FRONT, WRIST}, {})
+    store = TransitionStore(4, schema, torch.device("cpu"))
+    columns = {"action": torch.zeros(4).numpy(), "reward": 0.0, "done": True, "truncated": False}
+    for n in range(3):
+        store.add(rows[2 * n], rows[2 * n + 1], columns, ends_episode=True)
+    placed = store.free_frame(0)
+    for key, value in rows[6].items():
+        placed[key][...] = value
+    ring, size = store.ring, store.frame_capacity
+    store.make_room(store.frame_capacity)  # as if another add had needed more room first
+    assert (store.ring, store.frame_capacity) != (ring, size)
+    store.add(placed, None, columns, ends_episode=True)
+    out = store.gather(torch.arange(len(store)))
+    assert torch.equal(out[f"state/{FRONT}"][-1], to_uint8(obs[6][FRONT][0], 1))
+    assert torch.equal(out[f"next_state/{FRONT}"][-1], to_uint8(obs[6][FRONT][0], 1))
+    assert torch.equal(out[f"state/{FRONT}"][0], to_uint8(obs[0][FRONT][0], 1))

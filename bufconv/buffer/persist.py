@@ -356,6 +356,7 @@ def _renumbered(
             for g in links:
                 if g != OPEN and g not in renumber:
                     source, row = frame_rows[g]
+                    store.make_room(1)
                     renumber[g] = store.end_frame
                     store.end_frame += 1
                     for key, tensor in source.items():

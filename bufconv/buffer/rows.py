@@ -19,6 +19,8 @@ from ..ranges import check_range, check_unit, span_problem, to_uint8
 from .batch import as_row
 from .store import PlacedRow, Schema, TransitionStore
 
+_ROUND_INTO_LOW_BYTE = np.float32(1.5 * 2**23)  # floats in [2**23, 2**24) are the integers: ulp 1
+
 
 class RowMaker:
     """Converts `add` arguments for one store, remembering the previous next_state as given.
@@ -135,18 +137,21 @@ class RowMaker:
                 if unit is not None:  # before the copy: a refusal leaves the slot as it was
                     check_unit(torch.from_numpy(value), unit, name=f"{prefix}[{key!r}]")
                 np.copyto(out, value.reshape(out.shape))
-            elif isinstance(value, np.ndarray):  # float32 on the CPU: one min/max pass, then convert
-                lo, hi = torch.aminmax(torch.from_numpy(value))
-                problem = span_problem(float(lo), float(hi), self.image_range, name=f"{prefix}[{key!r}]")
+            elif isinstance(value, np.ndarray):  # float32 on the CPU: the min and max, then convert
+                problem = span_problem(
+                    float(value.min()), float(value.max()), self.image_range, name=f"{prefix}[{key!r}]"
+                )
                 if problem is not None:
                     raise problem
                 scratch = self._scratch.get(key)
                 if scratch is None:
                     scratch = self._scratch[key] = np.empty(out.shape, np.float32)
-                # to_uint8's float32 product and round-half-even; checked values round into [0, 255]
+                # to_uint8's float32 product and round-half-even, in two passes: adding 1.5 * 2**23
+                # rounds (the FPU's round-half-even) to a float whose low mantissa byte is the
+                # integer, and checked values lie in [-0.03, 255.03], so that byte is the pixel.
                 np.multiply(value.reshape(out.shape), self._scale, out=scratch)
-                np.rint(scratch, out=scratch)
-                np.copyto(out, scratch, casting="unsafe")
+                np.add(scratch, _ROUND_INTO_LOW_BYTE, out=scratch)
+                np.copyto(out, scratch.view(np.uint32), casting="unsafe")
             elif value.dtype == torch.uint8:
                 np.copyto(out, value.numpy().reshape(out.shape))
             else:

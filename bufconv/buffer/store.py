@@ -15,9 +15,6 @@ persists (`bufconv.cache.segments`), so a resumed buffer is the same buffer.
 
 from __future__ import annotations
 
-import ctypes
-import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +28,6 @@ STATE_FRAME = "state_frame"
 NEXT_FRAME = "next_frame"
 OPEN = -1
 """`next_frame` of a transition added with `next_state=None`: it is the next transition's state."""
-_RELEASE_BYTES = 8 << 20  # give retired frames' memory back in runs of at least this much
 _HASH_PIECE = 1 << 20  # restored rows are copied and hashed in pieces of this size (they stay in cache)
 
 
@@ -40,10 +36,13 @@ class PlacedRow(dict[str, Any]):
 
     `TransitionStore.free_frame` hands these out: a caller converts straight into ring memory,
     and `add` takes the row without a copy when the slot is where the frame goes (or copies it
-    within the ring when not). A refused add leaves nothing behind: the slots are free.
+    when not: one slot on, or a ring that grew since). A refused add leaves nothing behind: the
+    slots are free.
     """
 
     slot: int
+    ring: int
+    """`TransitionStore.ring`, the frame ring's generation, when the row was handed out."""
 
 
 @dataclass(frozen=True)
@@ -105,17 +104,19 @@ class TransitionStore:
 
     def __init__(self, capacity: int, schema: Schema, device: torch.device) -> None:
         self.capacity = capacity
-        # Each transition adds at most two frames, and the frames of the newest transition are
-        # stored before the oldest one is retired: 2 * capacity + 2 slots never overwrite a live
-        # frame. Slots of retired frames are handed back to the OS (`_release`), so memory
-        # follows the frames in use (about one per transition), not this bound.
-        self.frame_capacity = 2 * capacity + 2
         self.schema = schema
         self.device = device
-        self.frames = {
-            k: torch.empty((self.frame_capacity, *c.shape), dtype=c.torch_dtype, device=device)
-            for k, c in schema.frames.items()
-        }
+        # The frame ring holds the frames in use and room for the two an add may store (they are
+        # stored before the oldest transition is retired). That is one frame per transition and
+        # one per episode: the ring starts with room for episodes of 16 transitions or more, and
+        # grows when shorter ones need more (`make_room`), up to 2 * capacity + 2 slots (every
+        # transition with frames of its own). Sized to what is in use, it is written over in
+        # place once full: no memory is handed back and faulted in again as the ring wraps.
+        self.max_frame_slots = 2 * capacity + 2
+        self.frame_capacity = min(self.max_frame_slots, capacity + capacity // 16 + 2)
+        self.ring = 0
+        """The frame ring's generation: one more each time it grows (`PlacedRow.ring`)."""
+        self.frames = self._frame_ring(self.frame_capacity)
         columns = {**schema.transitions, STATE_FRAME: Column("int64", ()), NEXT_FRAME: Column("int64", ())}
         self.transitions = {
             k: torch.empty((capacity, *c.shape), dtype=c.torch_dtype, device=device)
@@ -123,17 +124,42 @@ class TransitionStore:
         }
         self.first_transition = self.end_transition = 0
         self.first_frame = self.end_frame = 0
-        self._released = 0  # frames below this have been handed back
-        self._row_bytes = sum(t[0].nbytes for t in self.frames.values())
         # On the CPU, rows are written and links read through numpy views of the same memory:
         # a live transition is a dozen small writes, and numpy's cost a few times less per write.
         self._cpu = device.type == "cpu"
-        self._np = (
-            {**{f"frames/{k}": t.numpy() for k, t in self.frames.items()},
-             **{k: t.numpy() for k, t in self.transitions.items()}}
-            if self._cpu
-            else {}
-        )  # fmt: skip
+        self._np: dict[str, np.ndarray] = {}
+        self._views()
+
+    def _frame_ring(self, slots: int) -> dict[str, torch.Tensor]:
+        return {
+            k: torch.empty((slots, *c.shape), dtype=c.torch_dtype, device=self.device)
+            for k, c in self.schema.frames.items()
+        }
+
+    def _views(self) -> None:
+        if self._cpu:
+            self._np = {
+                **{f"frames/{k}": t.numpy() for k, t in self.frames.items()},
+                **{k: t.numpy() for k, t in self.transitions.items()},
+            }
+
+    def make_room(self, count: int, *, keep: bool = True) -> None:
+        """Grow the frame ring, if need be, so that `count` more frames fit beside those in use.
+
+        The live frames are copied into the larger ring (`keep`; the one time an add costs a
+        copy of the ring); it grows by an eighth more than asked, so that a run of short
+        episodes grows it a few times, not at every add. It never grows past `max_frame_slots`.
+        """
+        needed = self.end_frame - self.first_frame + count
+        if needed <= self.frame_capacity or self.frame_capacity >= self.max_frame_slots:
+            return
+        slots = min(self.max_frame_slots, needed + needed // 8)
+        ring = self._frame_ring(slots)
+        for key, old in self.frames.items() if keep else ():
+            _copy_ring(old, ring[key], self.first_frame, self.end_frame)
+        self.frames, self.frame_capacity = ring, slots
+        self.ring += 1
+        self._views()
 
     # ---- size -------------------------------------------------------------------------------
 
@@ -191,6 +217,7 @@ class TransitionStore:
             columns: One row per transition column of the schema.
             ends_episode: done or truncated.
         """
+        self.make_room(2)
         previous = self.end_transition - 1 if len(self) else None
         if state is None:
             if previous is None or self._link(NEXT_FRAME, previous) == OPEN:
@@ -220,24 +247,26 @@ class TransitionStore:
         if len(self) > self.capacity:
             self.first_transition += 1
         self.first_frame = self._link(STATE_FRAME, self.first_transition)
-        self._release()
 
     def free_frame(self, k: int) -> PlacedRow:
         """Views of the slot of frame `end_frame + k` (k = 0 or 1), one per frame column (CPU only).
 
-        Both slots are free before an add: at most 2 * capacity frames are live, in
-        2 * capacity + 2 slots. What is written there counts only once `add` takes it.
+        Both slots are free before an add (`make_room(2)`, which this calls). What is written
+        there counts only once `add` takes it.
         """
+        self.make_room(2)
         slot = (self.end_frame + k) % self.frame_capacity
         row = PlacedRow({k: self._np[f"frames/{k}"][slot] for k in self.frames})
-        row.slot = slot
+        row.slot, row.ring = slot, self.ring
         return row
 
     def _append(self, row: Mapping[str, Any]) -> int:
         g = self.end_frame
         slot = g % self.frame_capacity
         if isinstance(row, PlacedRow):
-            if row.slot != slot:  # placed one slot on (a state that turned out to be the last frame)
+            # Placed one slot on (a state that turned out to be the last frame), or in the ring
+            # before it grew (its views keep that memory): copied to its slot.
+            if row.slot != slot or row.ring != self.ring:
                 for key, value in row.items():
                     self._np[f"frames/{key}"][slot] = value
         else:
@@ -253,21 +282,6 @@ class TransitionStore:
         return all(
             torch.equal(self.frames[k][slot], torch.as_tensor(v).to(self.device)) for k, v in row.items()
         )
-
-    def _release(self) -> None:
-        """Hand the memory of retired frames back to the OS, in runs of at least `_RELEASE_BYTES`."""
-        row_bytes = self._row_bytes
-        if not self._cpu or row_bytes == 0:
-            return
-        if (self.first_frame - self._released) * row_bytes < _RELEASE_BYTES:
-            return
-        # Only slots no newer frame has taken: frame g's slot holds g + frame_capacity once that
-        # is written (a small ring wraps between two releases; those slots hold live frames).
-        first = max(self._released, self.end_frame - self.frame_capacity)
-        for g0, g1 in _slot_runs(first, self.first_frame, self.frame_capacity):
-            for tensor in self.frames.values():
-                _dont_need(tensor, g0, g1)
-        self._released = self.first_frame
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -300,7 +314,7 @@ class TransitionStore:
         self.first_transition = max(first_transition, end_transition - self.capacity)
         self.end_transition = end_transition
         self.first_frame, self.end_frame = first_frame, end_frame
-        self._released = first_frame
+        self.make_room(2, keep=False)  # the rows come after
 
     def put_column(self, kind: str, name: str, first: int, rows: torch.Tensor, digest: Any = None) -> None:
         """Restore one column's rows numbered from `first` (the part outside the held numbers is skipped).
@@ -338,7 +352,6 @@ class TransitionStore:
         """After `put_*`: the first frame still needed is the oldest kept transition's state."""
         if len(self):
             self.first_frame = max(self.first_frame, self._link(STATE_FRAME, self.first_transition))
-        self._released = self.first_frame
 
 
 def _slot_runs(first: int, end: int, size: int) -> list[tuple[int, int]]:
@@ -367,37 +380,14 @@ def _put_ring_rows(tensor: torch.Tensor, first: int, rows: torch.Tensor) -> None
         done += b - a
 
 
-def _load_madvise() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_madvise = _load_madvise()
-_MADV_DONTNEED = 4
-_PAGE = 4096
-
-
-def _dont_need(tensor: torch.Tensor, first_row: int, end_row: int) -> None:
-    """Give the whole pages inside rows [first_row, end_row) back to the OS (they read as zeros after).
-
-    The rows are retired: nothing reads them before they are written again.
-    """
-    if _madvise is None or not tensor.is_contiguous():
-        return
-    row_bytes = math.prod(tensor.shape[1:]) * tensor.element_size()
-    start = tensor.data_ptr() + first_row * row_bytes
-    end = tensor.data_ptr() + end_row * row_bytes
-    start = -(-start // _PAGE) * _PAGE
-    end = end // _PAGE * _PAGE
-    if end > start:
-        _madvise(start, end - start, _MADV_DONTNEED)
+def _copy_ring(old: torch.Tensor, new: torch.Tensor, first: int, end: int) -> None:
+    """Rows numbered [first, end) from ring `old` into ring `new` (each row g at slot g % size)."""
+    g = first
+    while g < end:
+        a, b = g % len(old), g % len(new)
+        n = min(end - g, len(old) - a, len(new) - b)
+        new[b : b + n].copy_(old[a : a + n])
+        g += n
 
 
 def schema_for(
