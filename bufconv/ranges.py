@@ -14,6 +14,7 @@ An all-zero image is ambiguous (black frame, either range) and accepted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,7 +67,7 @@ def span_problem(lo: float, hi: float, image_range: int, *, name: str = "image")
     """The range problem of float images whose values span [lo, hi] (`range_problem` once the
     min and max are known: a caller that computed them in its own pass checks with this)."""
     declared = image_range
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # math's: a tenth of numpy's cost on floats
         return _error(name, declared, lo, hi, _FIX_NAN, RANGE_MISMATCH)
     if lo == 0.0 and hi == 0.0:
         return None  # a black frame: valid in either range

@@ -9,8 +9,8 @@
 # unpacks each wheel once into its cache and hardlinks it into every venv, so 0.4.4 and 0.5.1,
 # which resolve the same torch, hold it once on disk (about 6 GB: torch and its CUDA libraries),
 # and nothing is kept in two forms (pip holds a download beside its unpacked copy until the
-# install ends). A venv whose marker file records the same requirement, Python and pyproject.toml
-# is reused as it is; any other is made anew. Then tests/compat runs in it, with its own pytest.ini.
+# install ends). A venv whose marker file records the same requirement, Python, pyproject.toml
+# and build files (setup.py, the kernel's C source) is reused as it is; any other is made anew. Then tests/compat runs in it, with its own pytest.ini.
 # One line per release (tests passed, set-up and test seconds), then a total; exit 1 if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,7 @@ fingerprint() {  # what a reusable venv must have been made from
   echo "requirement=$1"
   echo "python=$("$2" -c 'import sys; print(sys.version.split()[0])')"
   echo "pyproject=$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  echo "build=$(cat setup.py bufconv/buffer/_pixelpass.c | sha256sum | cut -d' ' -f1)"  # the compiled kernel
 }
 
 # uv on PATH, else the dev venv's (scripts/setup.sh --dev installs it).

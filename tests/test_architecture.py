@@ -35,11 +35,15 @@ RANK = {
 SHARED = {"errors", "options", "ranges", "pixelmap", "version"}
 FRONT = {"cli", "demo"}
 FACADES = {"bufconv", "bufconv.lerobot"}  # re-export names lazily, from every stage
+COMPILED = {"bufconv.buffer._pixelpass"}  # setup.py's extension (test_pixelpass: the dev install has it)
 
 
 def modules() -> list[str]:
-    """Every module of bufconv, the package itself (its front door) and its subpackages included."""
-    found = list(pkgutil.walk_packages(bufconv.__path__, "bufconv."))
+    """Every Python module of bufconv, the package itself (its front door) and its subpackages
+    included; compiled ones (`COMPILED`) import nothing of bufconv's and have no source to read."""
+    found = [
+        info for info in pkgutil.walk_packages(bufconv.__path__, "bufconv.") if info.name not in COMPILED
+    ]
     packages = sorted(info.name for info in found if info.ispkg)
     return [*sorted(info.name for info in found if not info.ispkg), "bufconv", *packages]
 

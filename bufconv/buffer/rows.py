@@ -17,9 +17,8 @@ import torch
 
 from ..ranges import check_range, check_unit, span_problem, to_uint8
 from .batch import as_row
+from .pixelpass import to_uint8_into
 from .store import PlacedRow, Schema, TransitionStore
-
-_ROUND_INTO_LOW_BYTE = np.float32(1.5 * 2**23)  # floats in [2**23, 2**24) are the integers: ulp 1
 
 
 class RowMaker:
@@ -41,8 +40,8 @@ class RowMaker:
         self._previous_next: dict[str, torch.Tensor] | None = None
         self._previous_given: list[Any] | None = None  # next_state's rows as given (the CPU path)
         self._previous_objects: list[Any] | None = None  # and its values, the objects passed
-        self._scratch: dict[str, np.ndarray] = {}  # per camera: float32 memory to convert in
-        self._scale = np.float32(255.0 if image_range == 1 else 1.0)
+        self._scratch: dict[str, np.ndarray] = {}  # per camera: float32 memory to convert in (GPU path)
+        self._scale = 255.0 if image_range == 1 else 1.0  # a Python float: numpy keeps float32
         self._plan: _Plan | None = None
 
     def add(
@@ -99,8 +98,9 @@ class RowMaker:
         truncated: bool | torch.Tensor,
         complementary_info: Mapping[str, Any] | None,
     ) -> None:
-        """The CPU path: each image read once for its check and once for its conversion, which
-        writes into a free frame slot; the counters move only in `store.add`, after every check."""
+        """The CPU path: each image read once, for its check and its conversion together
+        (`to_uint8_into`), which writes into a free frame slot; the counters move only in
+        `store.add`, after every check."""
         store = plan.store
         previous, previous_objects = self._previous_given, self._previous_objects
         state_rows: PlacedRow | None
@@ -137,21 +137,12 @@ class RowMaker:
                 if unit is not None:  # before the copy: a refusal leaves the slot as it was
                     check_unit(torch.from_numpy(value), unit, name=f"{prefix}[{key!r}]")
                 np.copyto(out, value.reshape(out.shape))
-            elif isinstance(value, np.ndarray):  # float32 on the CPU: the min and max, then convert
-                problem = span_problem(
-                    float(value.min()), float(value.max()), self.image_range, name=f"{prefix}[{key!r}]"
-                )
+            elif isinstance(value, np.ndarray):  # float32 on the CPU: one pass converts, gives min and max
+                # Written into a free slot before the check: a refusal leaves only that slot's bytes.
+                lo, hi = to_uint8_into(value, out, self._scale)
+                problem = span_problem(lo, hi, self.image_range, name=f"{prefix}[{key!r}]")
                 if problem is not None:
                     raise problem
-                scratch = self._scratch.get(key)
-                if scratch is None:
-                    scratch = self._scratch[key] = np.empty(out.shape, np.float32)
-                # to_uint8's float32 product and round-half-even, in two passes: adding 1.5 * 2**23
-                # rounds (the FPU's round-half-even) to a float whose low mantissa byte is the
-                # integer, and checked values lie in [-0.03, 255.03], so that byte is the pixel.
-                np.multiply(value.reshape(out.shape), self._scale, out=scratch)
-                np.add(scratch, _ROUND_INTO_LOW_BYTE, out=scratch)
-                np.copyto(out, scratch.view(np.uint32), casting="unsafe")
             elif value.dtype == torch.uint8:
                 np.copyto(out, value.numpy().reshape(out.shape))
             else:
@@ -266,11 +257,11 @@ def _row(value: Any, shape: tuple[int, ...], name: str) -> Any:
         type(value) is torch.Tensor
         and value.dtype == torch.float32
         and not value.requires_grad
-        and value.device.type == "cpu"
+        and value.is_cpu
     ):
         array = value.numpy()
         while array.ndim > len(shape) and array.shape[0] == 1:
-            array = array.reshape(array.shape[1:])  # a view (array[0] of 1-d is a scalar)
+            array = array[0] if array.ndim > 1 else array.reshape(())  # views (array[0] of 1-d is a scalar)
         if array.shape != shape:
             raise ValueError(f"{name} has shape {array.shape}; the buffer holds rows of shape {shape}")
         if array.size:

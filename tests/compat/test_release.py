@@ -100,6 +100,20 @@ def test_the_lerobot_extra_names_only_extras_this_release_has() -> None:
     assert asked <= provided, f"lerobot {VERSION} has no extra {sorted(asked - provided)}"
 
 
+def test_the_install_built_the_one_pass_kernel_for_this_python() -> None:
+    """setup.py's optional extension built with this release's Python (3.10 for 0.3.x), and it
+    gives numpy's pixels, min and max (tests/test_pixelpass.py holds it against to_uint8)."""
+    import numpy as np
+
+    from bufconv.buffer import pixelpass
+
+    assert pixelpass.COMPILED, f"bufconv.buffer._pixelpass was not built for Python {sys.version.split()[0]}"
+    src = (np.random.default_rng(0).integers(0, 256, 3 * 17 * 19) / 255).astype(np.float32)
+    fast, slow = np.empty(src.shape, np.uint8), np.empty(src.shape, np.uint8)
+    assert pixelpass.to_uint8_into(src, fast, 255.0) == pixelpass.numpy_to_uint8_into(src, slow, 255.0)
+    assert np.array_equal(fast, slow)
+
+
 # ---------------------------------------------------------------------------------------------
 # the cache against the release's own reader and replay buffer
 
