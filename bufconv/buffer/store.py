@@ -382,12 +382,9 @@ def _put_ring_rows(tensor: torch.Tensor, first: int, rows: torch.Tensor) -> None
 
 def _copy_ring(old: torch.Tensor, new: torch.Tensor, first: int, end: int) -> None:
     """Rows numbered [first, end) from ring `old` into ring `new` (each row g at slot g % size)."""
-    g = first
-    while g < end:
-        a, b = g % len(old), g % len(new)
-        n = min(end - g, len(old) - a, len(new) - b)
-        new[b : b + n].copy_(old[a : a + n])
-        g += n
+    for piece in _ring_pieces(old, first, end):
+        _put_ring_rows(new, first, piece)
+        first += len(piece)
 
 
 def schema_for(
